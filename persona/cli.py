@@ -1,0 +1,120 @@
+"""The ``persona`` command line. Every command has ``--help``; long work shows progress.
+
+Global options (before the command): ``--home`` (state directory, else ``PERSONA_HOME``,
+else ``.persona/``), ``--config`` (a YAML file, else ``PERSONA_CONFIG``), ``--verbose``.
+Errors a user can cause end in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from persona.config import ConfigError, Settings, load_settings
+from persona.errors import PersonaError
+
+app = typer.Typer(
+    name="persona",
+    help="persona: user-profile warehouse (Spark + Delta, Keras encoder, MLlib fusion, Feast).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class State:
+    """What the global options decided; commands read settings through it lazily."""
+
+    def __init__(self) -> None:
+        self.home: Optional[Path] = None
+        self.config: Optional[Path] = None
+        self.verbose = False
+        self._settings: Optional[Settings] = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config, self.home)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def _global(
+    home: Optional[Path] = typer.Option(
+        None, "--home", help="State directory (tables, models, Feast). Default: $PERSONA_HOME or ./.persona"
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML settings file. Default: $PERSONA_CONFIG or embedded defaults"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show full tracebacks on errors."),
+) -> None:
+    state.home = home
+    state.config = config
+    state.verbose = verbose
+    state._settings = None
+
+
+def settings() -> Settings:
+    return state.settings
+
+
+def spark():
+    """The session for the current settings (built on first use)."""
+    from spark_jobs.session import get_spark
+
+    return get_spark(state.settings)
+
+
+# Each module registers its commands on `app` at import time.
+COMMAND_MODULES = [
+    "persona.commands.setup",
+    "persona.commands.ingest",
+]
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and an exit code."""
+    from spark_jobs.jars import JarsMissing
+
+    try:
+        app(standalone_mode=False)
+    except SystemExit:
+        raise
+    except (PersonaError, ConfigError, JarsMissing) as exc:
+        if state.verbose:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if state.verbose:
+            raise
+        print(f"error: {exc.__class__.__name__}: {_one_line(exc)} (run with --verbose for details)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

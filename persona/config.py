@@ -1,0 +1,232 @@
+"""One typed configuration for every persona job and command.
+
+Sources, later ones winning:
+  1. the embedded defaults below (no file needed),
+  2. a YAML file: ``--config PATH`` or ``PERSONA_CONFIG`` (see ``conf/local.yaml``),
+  3. environment overrides ``PERSONA__SECTION__KEY=value`` (e.g.
+     ``PERSONA__SPARK__MASTER=spark://host:7077``), values parsed as YAML scalars,
+  4. ``PERSONA_HOME`` / ``--home`` for the state directory.
+
+State lives under ``home``: tables at ``<home>/warehouse/<layer>/<table>``, models at
+``<home>/models/<kind>/<version>/``. Table paths may also be object-store URIs when
+``warehouse`` is set explicitly (``s3a://bucket/persona/warehouse``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_HOME = ".persona"
+ENV_PREFIX = "PERSONA__"
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the CLI prints it as one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    app_name: str = "persona"
+    driver_memory: str = "6g"
+    executor_memory: str = "4g"
+    # 2 cores here: a few partitions per core keeps shuffles cheap on small data.
+    shuffle_partitions: int = 8
+    # Local directory holding the Delta jars resolved at install time. Empty: the
+    # project's cache (PERSONA_JARS_DIR, then <repo>/.cache/jars, then ~/.cache/persona/jars).
+    jars_dir: str = ""
+    arrow_batch_size: int = 10_000
+    ui_enabled: bool = False
+    log_level: str = "WARN"
+    # Any other Spark setting, passed through verbatim (spark.* keys).
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class IngestSettings(_Section):
+    # Events later than now + this many days are rejected as far-future timestamps.
+    max_future_days: int = 1
+    # Events earlier than this are rejected (clock at zero, ms-vs-s confusion).
+    min_event_date: str = "2000-01-01"
+    # Optional pseudonymisation: name of the env var or path of a file holding the key.
+    pseudonymise: bool = False
+    hmac_key_env: str = "PERSONA_HMAC_KEY"
+    hmac_key_file: str = ""
+
+
+class BehaviourSettings(_Section):
+    session_gap_minutes: int = 30
+    sequence_length: int = 50
+    # Weighted interest for top categories: purchase > cart > fav > view.
+    category_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "purchase": 8.0,
+            "cart": 4.0,
+            "fav": 2.0,
+            "click": 1.0,
+            "view": 1.0,
+            "search": 0.0,
+        }
+    )
+    night_start_hour: int = 0
+    night_end_hour: int = 6
+    # Data-quality gate: flag a day whose volume or null rate deviates from the
+    # trailing week by more than these factors; fail the build if fail_on_quality.
+    max_volume_ratio: float = 3.0
+    min_volume_ratio: float = 0.33
+    max_null_rate_increase: float = 0.2
+    fail_on_quality: bool = False
+
+
+class EncoderSettings(_Section):
+    embedding_dim: int = 32
+    item_buckets: int = 20_000
+    category_buckets: int = 2_000
+    hidden_dim: int = 64
+    epochs: int = 8
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    validation_share: float = 0.2
+    patience: int = 2
+    seed: int = 42
+    # TF intra-op threads per Spark task: cores per task (spark.task.cpus), usually 1.
+    threads_per_task: int = 1
+
+
+class FusionSettings(_Section):
+    variance_threshold: float = 0.90
+    max_k: int = 16
+    min_segments: int = 2
+    max_segments: int = 8
+    seed: int = 7
+
+
+class FeastSettings(_Section):
+    project: str = "persona"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection: str = "127.0.0.1:6379"
+    # Empty: a file registry under <home>/feast/registry.db. Else a SQLAlchemy URL
+    # (postgresql+psycopg://...) for a SQL registry shared by a team.
+    registry_url: str = ""
+    ttl_days: int = 30
+    server_port: int = 6566
+    server_host: str = "127.0.0.1"
+
+
+class SqlSettings(_Section):
+    thrift_port: int = 10000
+    thrift_host: str = "127.0.0.1"
+
+
+class Settings(_Section):
+    home: Path = Path(DEFAULT_HOME)
+    # Empty: <home>/warehouse. Set to an object-store URI to keep tables remote.
+    warehouse: str = ""
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    behaviour: BehaviourSettings = Field(default_factory=BehaviourSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    fusion: FusionSettings = Field(default_factory=FusionSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand_home(cls, v: Any) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(str(v))))
+
+    # ---- paths -------------------------------------------------------------
+    @property
+    def warehouse_root(self) -> str:
+        if self.warehouse:
+            return self.warehouse.rstrip("/")
+        return str(self.home.resolve() / "warehouse")
+
+    def table_path(self, layer: str, table: str) -> str:
+        """Location of a Delta table, e.g. ``table_path('bronze', 'events')``."""
+        return f"{self.warehouse_root}/{layer}/{table}"
+
+    def table(self, qualified: str) -> str:
+        """``'silver.user_behaviour'`` -> its path."""
+        layer, _, name = qualified.partition(".")
+        if not name:
+            raise ConfigError(f"table name must be layer.table, got {qualified!r}")
+        return self.table_path(layer, name)
+
+    def models_root(self, kind: str) -> Path:
+        return self.home.resolve() / "models" / kind
+
+    def model_dir(self, kind: str, version: str) -> Path:
+        return self.models_root(kind) / version
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home.resolve() / "feast"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    tree: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return tree
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    home: str | os.PathLike | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, an optional YAML file and the environment."""
+    env = dict(os.environ if environ is None else environ)
+    data: dict = {}
+    path = config_file or env.get("PERSONA_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}".splitlines()[0]) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    data = _deep_merge(data, _env_overrides(env))
+    if home is not None:
+        data["home"] = str(home)
+    elif env.get("PERSONA_HOME"):
+        data["home"] = env["PERSONA_HOME"]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc

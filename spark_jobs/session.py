@@ -1,0 +1,89 @@
+"""The one SparkSession factory: Delta-enabled, UTC, Arrow on, cached jars, venv workers.
+
+``get_spark(settings)`` returns the active session when there is one (tests, notebooks,
+``spark-submit``), else builds one from ``settings.spark``. Jobs take the session as an
+argument; only entry points call this.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from spark_jobs.jars import cached_jars
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from persona.config import Settings
+
+
+def _is_local(master: str) -> bool:
+    return master.startswith("local")
+
+
+def spark_conf(settings: "Settings") -> dict[str, str]:
+    """Every Spark setting persona applies, as a plain dict (also used by Feast)."""
+    s = settings.spark
+    jars = cached_jars(s.jars_dir or None)
+    conf = {
+        "spark.master": s.master,
+        "spark.app.name": s.app_name,
+        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(s.arrow_batch_size),
+        "spark.sql.shuffle.partitions": str(s.shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.driver.memory": s.driver_memory,
+        "spark.executor.memory": s.executor_memory,
+        "spark.ui.enabled": str(s.ui_enabled).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        # Python workers on the driver's interpreter, so UDFs see the same venv.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        # Reuse Python workers between tasks: a model cached at module level is then
+        # loaded once per worker, not once per task.
+        "spark.python.worker.reuse": "true",
+        # Small local tables: Delta's default of 50 snapshot partitions is pure overhead.
+        "spark.databricks.delta.snapshotPartitions": "4",
+        "spark.databricks.delta.retentionDurationCheck.enabled": "true",
+        "spark.sql.warehouse.dir": str(settings.home.resolve() / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home.resolve() / 'derby'}",
+    }
+    if _is_local(s.master):
+        # A laptop-sized driver: no separate executors, bind to loopback only.
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+        conf["spark.driver.host"] = "127.0.0.1"
+    conf.update({k: str(v) for k, v in s.conf.items()})
+    return conf
+
+
+def get_spark(settings: "Settings | None" = None) -> "SparkSession":
+    """The active session, or a new one configured from ``settings``."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if settings is None:
+        from persona.config import load_settings
+
+        settings = load_settings()
+    conf = spark_conf(settings)
+    # Executors launched later (standalone / yarn / k8s) read these from the environment.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if _is_local(settings.spark.master):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.spark.log_level)
+    return spark
