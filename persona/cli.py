@@ -76,6 +76,7 @@ def spark():
 COMMAND_MODULES = [
     "persona.commands.setup",
     "persona.commands.ingest",
+    "persona.commands.generate",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)
