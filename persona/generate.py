@@ -238,7 +238,8 @@ def _run_tag(users, days, seed, start, n_categories, n_groups) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
-def _validate(users, days, seed, start, n_categories, n_groups) -> None:
+def validate_args(users, days, seed, start, n_categories, n_groups) -> None:
+    """Raise InputError (one line) for arguments a user got wrong."""
     if not isinstance(users, (int, np.integer)) or users <= 0:
         raise InputError(f"users must be a positive integer, got {users!r}")
     if not isinstance(days, (int, np.integer)) or days <= 0:
@@ -389,7 +390,7 @@ def generate(
 
     Roughly 10 events per user per day (heavy-tailed). Deterministic for the arguments.
     """
-    _validate(users, days, seed, start, n_categories, n_groups)
+    validate_args(users, days, seed, start, n_categories, n_groups)
     U, D, C, G = int(users), int(days), int(n_categories), int(n_groups)
     # Independent streams per component, so tuning one part never reshuffles the others.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(10)]

@@ -40,7 +40,7 @@ def generate_cmd(
 
     Ingest the result with `persona ingest OUT/events --format generic`; OUT/truth holds the planted user groups, preferences and the category successor map.
     """
-    from persona.generate import FORMATS, generate
+    from persona.generate import FORMATS, generate, validate_args
     from persona.progress import stage
 
     if users <= 0:
@@ -52,6 +52,7 @@ def generate_cmd(
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     start_date = _parse_date(start)
+    validate_args(users, days, seed, start_date, categories, groups)  # before any output
 
     with stage(f"generate {users:,} users x {days} days (seed {seed})") as gen_info:
         log = generate(users, days, seed=seed, start=start_date, n_categories=categories, n_groups=groups)
