@@ -77,6 +77,9 @@ class BehaviourSettings(_Section):
     )
     night_start_hour: int = 0
     night_end_hour: int = 6
+    # A backfill computes this many as-of days per pass (one read of their 30-day
+    # windows each); the progress bar advances per pass. Larger: fewer re-reads.
+    backfill_chunk_days: int = Field(default=30, ge=1)
     # Data-quality gate: flag a day whose volume or null rate deviates from the
     # trailing week by more than these factors; fail the build if fail_on_quality.
     max_volume_ratio: float = 3.0
