@@ -1,0 +1,26 @@
+"""Pseudonymisation key handling. The key comes from an environment variable or a secret
+file and is never written to a table, a log or the settings dump."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from persona.errors import InputError
+
+
+def hmac_key(settings) -> bytes:
+    """The HMAC key for user-id pseudonymisation, or a clear error saying where to put it."""
+    cfg = settings.ingest
+    value = os.environ.get(cfg.hmac_key_env, "")
+    if not value and cfg.hmac_key_file:
+        p = Path(cfg.hmac_key_file)
+        if not p.is_file():
+            raise InputError(f"pseudonymisation key file not found: {p}")
+        value = p.read_text().strip()
+    if len(value) < 16:
+        raise InputError(
+            f"pseudonymisation is on but no key of at least 16 characters is set "
+            f"(env {cfg.hmac_key_env} or ingest.hmac_key_file)"
+        )
+    return value.encode()
