@@ -144,7 +144,7 @@ def sniff(path: str, fmt: str) -> str | None:
         if first.replace(" ", "").lower() != header:
             raise InputError(f"{path} does not look like rees46 data (expected header {header!r}; got {first[:80]!r})")
     elif kind == "csv":
-        cols = [c.strip().lower() for c in first.split(",")]
+        cols = [c.strip().lower() for c in _csv_fields(first)]
         missing = [c for c in adapters.GENERIC_REQUIRED if c not in cols]
         if missing:
             raise InputError(f"{path} does not look like generic CSV: header lacks {', '.join(missing)} (got {first[:80]!r})")
@@ -156,6 +156,13 @@ def sniff(path: str, fmt: str) -> str | None:
         if not isinstance(obj, dict):
             raise InputError(f"{path} does not look like JSON lines (first line is not a JSON object)")
     return kind
+
+
+def _csv_fields(line: str) -> list[str]:
+    """Fields of one CSV line, honouring quotes (headers are often quoted)."""
+    import csv
+
+    return next(csv.reader([line]), [])
 
 
 def _taobao_line_ok(line: str) -> bool:
@@ -180,7 +187,7 @@ def _generic_columns(spark: SparkSession, files: list[str], kind: str) -> list[s
                 if isinstance(obj, dict):
                     found.extend(k for k in obj if k not in found)
         else:
-            found = [c.strip() for c in _first_lines(_head(f), 1)[0].split(",")]
+            found = [c.strip() for c in _csv_fields(_first_lines(_head(f), 1)[0])]
         if kind == "csv" and cols and found != cols:
             raise InputError(f"{f}: CSV header differs from the other files' header")
         for c in found:

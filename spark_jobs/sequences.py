@@ -102,8 +102,11 @@ def user_sequences(
 def conform_sequences(df: DataFrame) -> DataFrame:
     """Select to the table schema; element nullability is asserted with coalesce because
     a cast cannot narrow it."""
+    def non_null(filler):
+        return lambda x: F.coalesce(x, filler)
+
     fixed = df
     for name, filler in (("item_ids", F.lit("")), ("category_ids", F.lit("")), ("event_types", F.lit("")),
                          ("gap_seconds", F.lit(0.0).cast("float"))):
-        fixed = fixed.withColumn(name, F.transform(name, lambda x, f=filler: F.coalesce(x, f)))
+        fixed = fixed.withColumn(name, F.transform(name, non_null(filler)))
     return conform(fixed, USER_SEQUENCES)

@@ -1,0 +1,545 @@
+"""Profile fusion: behaviour aggregates + sequence embedding -> profile vector + segment.
+
+Input:  ``silver.user_behaviour`` and ``gold.user_embeddings`` joined on
+        ``(user_id, as_of_date)``; one row per user per as_of_date (inner join: a user
+        without an embedding that day has no profile that day, counted in the summary).
+Output: ``gold.user_profiles``, one row per user per as_of_date, partitioned by
+        ``as_of_date``; a run owns exactly one day and replaces it (``replaceWhere``).
+Model:  one Spark ML ``PipelineModel`` per fusion version, saved at
+        ``<home>/models/fusion/<version>/pipeline`` with ``metrics.json`` beside it:
+
+          SQLTransformer  log1p of counts/money/durations, semantic fills, embedding -> columns
+          Imputer         median of the fitting day for remaining nulls (values in the model
+                          and in metrics.json)
+          VectorAssembler behaviour features then embedding dimensions
+          StandardScaler  withMean, withStd
+          PCA(k)          k = smallest reaching ``fusion.variance_threshold``, capped by max_k
+          SQLTransformer + VectorAssembler: PCA scores plus a constant coordinate (why: ANCHOR)
+          BisectingKMeans n segments chosen by silhouette over [min_segments, max_segments]
+
+Later days apply the latest saved version, so profile axes and segment ids stay
+comparable from day to day; ``refit=True`` fits and saves a new version. Nothing refits
+silently: a new encoder version or embedding size is an error asking for ``--refit``.
+
+Feature list: spark_jobs/feature_dictionary.py (owned by the behaviour helper) did not
+exist when this was written, so the numeric behaviour features are derived here from the
+USER_BEHAVIOUR schema (every numeric column except keys; arrays excluded). One source of
+truth either way: the schema module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, FloatType, IntegerType, LongType
+
+from persona.errors import InputError, NotBuiltError
+from spark_jobs import delta_io
+from spark_jobs.schemas import USER_BEHAVIOUR, USER_PROFILES
+
+BEHAVIOUR_TABLE = "silver.user_behaviour"
+EMBEDDINGS_TABLE = "gold.user_embeddings"
+PROFILES_TABLE = "gold.user_profiles"
+MODEL_KIND = "fusion"
+
+KEY_COLUMNS = ("user_id", "as_of_date", "event_timestamp", "created_timestamp")
+_NUMERIC = (LongType, IntegerType, DoubleType, FloatType)
+
+# Non-negative and heavy-tailed besides the integer counts: money, per-session sizes and
+# day counts. log1p keeps one whale from owning a principal component.
+_LOG1P_EXTRA = (
+    "spend_30d",
+    "avg_purchase_price_30d",
+    "avg_session_events_30d",
+    "days_since_last_event",
+    "days_since_last_purchase",
+)
+
+# Columns produced inside the pipeline.
+RAW_VEC = "features_raw"
+STD_VEC = "features_std"
+PCA_VEC = "pca"
+SEGMENT = "segment_id"
+# Spark's BisectingKMeans splits a cluster by nudging its centre by 1e-4 x its norm: the
+# centre of centred PCA scores has norm ~1e-15, so the first split never happens and
+# every k yields one cluster. A constant extra coordinate gives the centre a norm
+# without changing any distance between users.
+ANCHOR_COL = "cluster_anchor"
+ANCHOR = 1.0
+CLUSTER_VEC = "cluster_features"
+EXPORT_FORMATS = ("csv", "json", "parquet")
+
+
+def behaviour_features() -> list[str]:
+    """Numeric behaviour columns that feed the fusion, in schema order."""
+    return [
+        f.name
+        for f in USER_BEHAVIOUR.fields
+        if f.name not in KEY_COLUMNS and isinstance(f.dataType, _NUMERIC)
+    ]
+
+
+def log1p_features() -> list[str]:
+    """Counts (every integer-valued LongType column) plus money and durations."""
+    longs = {f.name for f in USER_BEHAVIOUR.fields if isinstance(f.dataType, LongType)}
+    return [c for c in behaviour_features() if c in longs or c in _LOG1P_EXTRA]
+
+
+def embedding_feature_names(dim: int) -> list[str]:
+    return [f"user_emb[{i}]" for i in range(dim)]
+
+
+def _f(c: str) -> str:  # transformed (log1p/filled) column
+    return f"f__{c}"
+
+
+def _x(c: str) -> str:  # imputed column, what the assembler reads
+    return f"x__{c}"
+
+
+def _e(i: int) -> str:
+    return f"emb__{i}"
+
+
+# ---------------------------------------------------------------- pure transforms
+def fusion_input(behaviour: DataFrame, embeddings: DataFrame) -> DataFrame:
+    """Behaviour rows with that day's ``user_emb`` and ``encoder_version`` attached.
+
+    Grain: one row per (user_id, as_of_date) present in both tables. The behaviour row's
+    ``event_timestamp`` is the one the profile carries.
+    """
+    emb = embeddings.select("user_id", "as_of_date", "user_emb", "encoder_version")
+    return behaviour.join(emb, ["user_id", "as_of_date"], "inner")
+
+
+def preprocess_statement(
+    features: list[str], log1p_cols: Iterable[str], fills: dict[str, float], emb_dim: int
+) -> str:
+    """The SQLTransformer statement: every model input as a double column.
+
+    Kept as SQL so it is saved inside the PipelineModel: a reloaded model applies exactly
+    the transforms it was fitted with.
+    """
+    logs = set(log1p_cols)
+    parts = []
+    for c in features:
+        expr = f"CAST(`{c}` AS DOUBLE)"
+        if c in fills:
+            expr = f"coalesce({expr}, CAST({float(fills[c])!r} AS DOUBLE))"
+        if c in logs:
+            expr = f"log1p({expr})"
+        parts.append(f"{expr} AS `{_f(c)}`")
+    for i in range(emb_dim):
+        parts.append(f"CAST(user_emb[{i}] AS DOUBLE) AS `{_e(i)}`")
+    return "SELECT *, " + ", ".join(parts) + " FROM __THIS__"
+
+
+def profiles_from_scored(scored: DataFrame, fusion_version: str) -> DataFrame:
+    """Pipeline output -> gold.user_profiles rows (one per user per as_of_date)."""
+    from pyspark.ml.functions import vector_to_array
+
+    return scored.select(
+        "user_id",
+        "as_of_date",
+        "event_timestamp",
+        F.current_timestamp().alias("created_timestamp"),
+        vector_to_array(F.col(PCA_VEC), dtype="float32").alias("profile_vec"),
+        F.col(SEGMENT).cast("int").alias("segment_id"),
+        F.lit(fusion_version).alias("fusion_version"),
+        "encoder_version",
+    )
+
+
+def choose_k(explained_all: list[float], threshold: float, max_k: int) -> int:
+    """Smallest k whose cumulative explained variance reaches ``threshold``, capped."""
+    total = 0.0
+    for i, v in enumerate(explained_all, start=1):
+        total += v
+        if total >= threshold - 1e-12:
+            return max(1, min(i, max_k))
+    return max(1, min(len(explained_all), max_k))
+
+
+# ---------------------------------------------------------------- model store
+def list_versions(settings) -> list[str]:
+    """Saved fusion versions with a complete model (metrics.json written last), oldest first."""
+    root = settings.models_root(MODEL_KIND)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and (p / "metrics.json").is_file():
+            found.append(p.name)
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def latest_version(settings) -> str | None:
+    versions = list_versions(settings)
+    return versions[-1] if versions else None
+
+
+def _next_version(settings) -> str:
+    root = settings.models_root(MODEL_KIND)
+    used = [int(p.name[1:]) for p in root.iterdir() if p.name[1:].isdigit()] if root.is_dir() else []
+    return f"v{max(used, default=0) + 1}"
+
+
+_MODEL_CACHE: dict[str, tuple] = {}
+
+
+def load_fusion(settings, version: str):
+    """``(PipelineModel, metrics)`` of a saved version; cached per process."""
+    from pyspark.ml import PipelineModel
+
+    vdir = settings.model_dir(MODEL_KIND, version)
+    metrics_path = vdir / "metrics.json"
+    if not metrics_path.is_file():
+        raise NotBuiltError(f"fusion model {version} not found under {vdir.parent} (run `persona fuse`)")
+    key = str(vdir)
+    stamp = metrics_path.stat().st_mtime_ns
+    hit = _MODEL_CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1], hit[2]
+    metrics = json.loads(metrics_path.read_text())
+    model = PipelineModel.load(str(vdir / "pipeline"))
+    _MODEL_CACHE[key] = (stamp, model, metrics)
+    return model, metrics
+
+
+def preprocess_model(model):
+    """The stages up to the scaler: raw input -> features_raw / features_std."""
+    from pyspark.ml import PipelineModel
+
+    return PipelineModel(stages=model.stages[:4])
+
+
+# ---------------------------------------------------------------- fitting
+def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tuple:
+    """Fit the whole pipeline on ``df`` (one day's fusion input). Returns (model, metrics).
+
+    k and the segment count are chosen here from the data; the returned metrics are what
+    metrics.json records.
+    """
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.clustering import BisectingKMeans
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from pyspark.ml.feature import PCA, Imputer, SQLTransformer, StandardScaler, VectorAssembler
+
+    features = behaviour_features()
+    logs = log1p_features()
+    dims = [r[0] for r in df.select(F.size("user_emb").alias("d")).distinct().collect()]
+    if len(dims) != 1 or dims[0] <= 0:
+        raise InputError(f"embeddings on {as_of} have inconsistent sizes {sorted(dims)}; re-run `persona embed`")
+    emb_dim = int(dims[0])
+    encoders = sorted(r[0] for r in df.select("encoder_version").distinct().collect())
+    if len(encoders) != 1:
+        raise InputError(f"embeddings on {as_of} come from several encoder versions {encoders}; re-run `persona embed`")
+
+    fills: dict[str, float] = {"days_since_last_purchase": float(fusion.never_days)}
+    # The Imputer cannot compute a median of nothing: a column that is null for every user
+    # that day (e.g. no purchases at all) gets a recorded constant instead.
+    null_counts = df.select(
+        [F.count(F.when(F.col(c).isNull() | F.isnan(F.col(c).cast("double")), 1)).alias(c) for c in features]
+        + [F.count(F.lit(1)).alias("__n")]
+    ).first().asDict()
+    n_rows = int(null_counts.pop("__n"))
+    if n_rows < 3:
+        raise InputError(f"only {n_rows} users on {as_of}: too few to fit the fusion model")
+    for c, nulls in null_counts.items():
+        if nulls == n_rows and c not in fills:
+            fills[c] = 0.0
+
+    sqlt = SQLTransformer(statement=preprocess_statement(features, logs, fills, emb_dim))
+    imputer = Imputer(strategy="median", inputCols=[_f(c) for c in features], outputCols=[_x(c) for c in features])
+    assembler = VectorAssembler(
+        inputCols=[_x(c) for c in features] + [_e(i) for i in range(emb_dim)], outputCol=RAW_VEC, handleInvalid="error"
+    )
+    scaler = StandardScaler(withMean=True, withStd=True, inputCol=RAW_VEC, outputCol=STD_VEC)
+    pre = Pipeline(stages=[sqlt, imputer, assembler, scaler]).fit(df)
+    std = pre.transform(df).select(STD_VEC).cache()
+    try:
+        d = len(features) + emb_dim
+        # All components once, for the variance curve and the choice of k.
+        full = PCA(k=d, inputCol=STD_VEC, outputCol=PCA_VEC).fit(std)
+        explained_all = [float(v) for v in full.explainedVariance.toArray()]
+        k = choose_k(explained_all, fusion.variance_threshold, min(fusion.max_k, d))
+        pca = PCA(k=k, inputCol=STD_VEC, outputCol=PCA_VEC).fit(std)
+        scaler_std = pre.stages[3].std.toArray()
+        # Trace of the standardised covariance = number of non-constant inputs, so the
+        # variance of each score is its ratio times that (used to say "2.3 sd" in explain).
+        d_eff = int((scaler_std > 0).sum())
+        comp_var = [float(v) * d_eff for v in pca.explainedVariance.toArray()]
+
+        anchor = SQLTransformer(statement=f"SELECT *, CAST({ANCHOR!r} AS DOUBLE) AS `{ANCHOR_COL}` FROM __THIS__")
+        to_cluster = VectorAssembler(inputCols=[PCA_VEC, ANCHOR_COL], outputCol=CLUSTER_VEC)
+        scored = to_cluster.transform(anchor.transform(pca.transform(std))).select(CLUSTER_VEC).cache()
+        try:
+            sample = scored
+            if n_rows > fusion.selection_sample_rows:
+                sample = scored.sample(fraction=fusion.selection_sample_rows / n_rows, seed=fusion.seed).cache()
+            n_sample = sample.count()
+            evaluator = ClusteringEvaluator(
+                featuresCol=CLUSTER_VEC, predictionCol=SEGMENT, metricName="silhouette", distanceMeasure="squaredEuclidean"
+            )
+            by_n: dict[int, float] = {}
+            fitted: dict[int, object] = {}
+            for n in range(max(2, fusion.min_segments), max(2, fusion.max_segments) + 1):
+                if n >= n_sample:
+                    break
+                bkm = BisectingKMeans(k=n, seed=fusion.seed, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT).fit(sample)
+                if len(bkm.clusterCenters()) < 2:
+                    continue
+                by_n[n] = float(evaluator.evaluate(bkm.transform(sample)))
+                fitted[n] = bkm
+            if not by_n:
+                raise InputError(f"cannot form 2 or more segments from {n_rows} users on {as_of}")
+            # Highest silhouette; ties go to fewer segments (simpler to read).
+            best_n = max(by_n, key=lambda n: (round(by_n[n], 12), -n))
+            bkm = fitted[best_n]
+            if sample is not scored:
+                bkm = BisectingKMeans(k=best_n, seed=fusion.seed, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT).fit(scored)
+                sample.unpersist()
+        finally:
+            scored.unpersist()
+    finally:
+        std.unpersist()
+
+    model = PipelineModel(stages=list(pre.stages) + [pca, anchor, to_cluster, bkm])
+    surrogate = pre.stages[1].surrogateDF.first().asDict()
+    metrics = {
+        "k": k,
+        "explained_variance": [float(v) for v in pca.explainedVariance.toArray()],
+        "explained_variance_all": explained_all,
+        "cumulative_explained_variance": float(sum(pca.explainedVariance.toArray())),
+        "component_variance": comp_var,
+        "variance_threshold": fusion.variance_threshold,
+        "max_k": fusion.max_k,
+        "silhouette": by_n[best_n],
+        "silhouette_by_n": {str(n): s for n, s in sorted(by_n.items())},
+        "n_segments": len(bkm.clusterCenters()),
+        "input_columns": features + ["user_emb"],
+        "feature_names": features + embedding_feature_names(emb_dim),
+        "behaviour_features": features,
+        "log1p_columns": logs,
+        "fills": fills,
+        "imputed_values": {c: float(surrogate[_f(c)]) for c in features if surrogate.get(_f(c)) is not None},
+        "embedding_dim": emb_dim,
+        "fitted_as_of": as_of.isoformat(),
+        "fitted_rows": n_rows,
+        "encoder_version": encoders[0],
+        "seed": fusion.seed,
+        "spark_version": spark.version,
+    }
+    return model, metrics
+
+
+def save_fusion(settings, model, metrics: dict) -> str:
+    """Save under a new version directory; metrics.json last so readers never see half a model."""
+    root = settings.models_root(MODEL_KIND)
+    root.mkdir(parents=True, exist_ok=True)
+    version = _next_version(settings)
+    tmp = root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    model.write().overwrite().save(str(tmp / "pipeline"))
+    metrics = dict(metrics, version=version, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, root / version)
+    _MODEL_CACHE.pop(str(root / version), None)
+    return version
+
+
+# ---------------------------------------------------------------- reading inputs
+def _date(value) -> dt.date | None:
+    if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.date()
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def resolve_as_of(requested, available: list[dt.date], what: str) -> dt.date:
+    """The requested day if present, else the latest; a clear error when there is none."""
+    if not available:
+        raise NotBuiltError(f"{what} is empty")
+    day = _date(requested)
+    if day is None:
+        return available[-1]
+    if day not in available:
+        raise InputError(
+            f"no {what} rows for as-of {day} (available: {available[0]} .. {available[-1]}, {len(available)} days)"
+        )
+    return day
+
+
+def read_inputs(spark: SparkSession, settings) -> tuple[DataFrame, DataFrame]:
+    behaviour = delta_io.read(spark, settings.table(BEHAVIOUR_TABLE), f"{BEHAVIOUR_TABLE}: run `persona behaviour`")
+    embeddings = delta_io.read(spark, settings.table(EMBEDDINGS_TABLE), f"{EMBEDDINGS_TABLE}: run `persona embed`")
+    return behaviour, embeddings
+
+
+def input_dates(spark: SparkSession, settings) -> list[dt.date]:
+    """Days present in both behaviour and embeddings."""
+    read_inputs(spark, settings)  # the NotBuiltError naming the missing step
+    b = set(delta_io.partition_values(spark, settings.table(BEHAVIOUR_TABLE), "as_of_date"))
+    e = set(delta_io.partition_values(spark, settings.table(EMBEDDINGS_TABLE), "as_of_date"))
+    return sorted(b & e)
+
+
+def read_profiles(spark: SparkSession, settings) -> DataFrame:
+    return delta_io.read(spark, settings.table(PROFILES_TABLE), f"{PROFILES_TABLE}: run `persona fuse`")
+
+
+def profile_dates(spark: SparkSession, settings) -> list[dt.date]:
+    read_profiles(spark, settings)
+    return delta_io.partition_values(spark, settings.table(PROFILES_TABLE), "as_of_date")
+
+
+def day_input(spark: SparkSession, settings, as_of: dt.date) -> DataFrame:
+    behaviour, embeddings = read_inputs(spark, settings)
+    day = F.lit(as_of)
+    return fusion_input(behaviour.where(F.col("as_of_date") == day), embeddings.where(F.col("as_of_date") == day))
+
+
+def check_compatible(df: DataFrame, metrics: dict, as_of: dt.date) -> None:
+    """Refuse to project embeddings the saved model was not fitted on."""
+    rows = df.select(F.size("user_emb").alias("d"), "encoder_version").distinct().collect()
+    dims = sorted({r["d"] for r in rows})
+    encoders = sorted({r["encoder_version"] for r in rows})
+    version = metrics.get("version", "?")
+    if dims != [metrics["embedding_dim"]]:
+        raise InputError(
+            f"embeddings on {as_of} have size {dims} but fusion model {version} expects "
+            f"{metrics['embedding_dim']}; run `persona fuse --refit`"
+        )
+    if encoders != [metrics["encoder_version"]]:
+        raise InputError(
+            f"embeddings on {as_of} come from encoder {', '.join(encoders)} but fusion model {version} was "
+            f"fitted on {metrics['encoder_version']}; run `persona fuse --refit`"
+        )
+
+
+# ---------------------------------------------------------------- the job
+def run_fuse(spark: SparkSession, settings, as_of=None, refit: bool = False) -> dict:
+    """Fuse one day (default: the latest with behaviour and embeddings) into gold.user_profiles.
+
+    Applies the latest saved fusion version, fitting (and saving) one first when none
+    exists or ``refit`` is set. Re-running a day replaces that day only.
+    """
+    t0 = time.perf_counter()
+    day = resolve_as_of(as_of, input_dates(spark, settings), "behaviour+embeddings")
+    behaviour, _ = read_inputs(spark, settings)
+    df = day_input(spark, settings, day).cache()
+    try:
+        users = df.count()
+        if users == 0:
+            raise InputError(f"no user has both behaviour and an embedding on {day}; run `persona embed --as-of {day}`")
+        behaviour_users = behaviour.where(F.col("as_of_date") == F.lit(day)).count()
+        version = None if refit else latest_version(settings)
+        fitted = version is None
+        fit_seconds = 0.0
+        if fitted:
+            t_fit = time.perf_counter()
+            model, metrics = fit_fusion(spark, df, settings.fusion, day)
+            version = save_fusion(settings, model, metrics)
+            fit_seconds = time.perf_counter() - t_fit
+        model, metrics = load_fusion(settings, version)
+        check_compatible(df, metrics, day)
+        out = profiles_from_scored(model.transform(df), version).cache()
+        try:
+            path = settings.table(PROFILES_TABLE)
+            delta_io.replace_where(out, path, USER_PROFILES, "as_of_date", day, day)
+            sizes = {int(r[0]): int(r[1]) for r in out.groupBy("segment_id").count().collect()}
+        finally:
+            out.unpersist()
+    finally:
+        df.unpersist()
+    return {
+        "as_of": day.isoformat(),
+        "users": users,
+        "users_without_embedding": max(0, behaviour_users - users),
+        "fusion_version": version,
+        "fitted": fitted,
+        "fit_seconds": round(fit_seconds, 2),
+        "k": metrics["k"],
+        "explained_variance": round(metrics["cumulative_explained_variance"], 4),
+        "n_segments": metrics["n_segments"],
+        "silhouette": round(metrics["silhouette"], 4),
+        "segment_sizes": dict(sorted(sizes.items())),
+        "table": settings.table(PROFILES_TABLE),
+        "model_dir": str(settings.model_dir(MODEL_KIND, version)),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+run = run_fuse
+
+
+# ---------------------------------------------------------------- export
+def check_export_target(fmt: str, out) -> tuple[str, Path]:
+    """Validate format and path before any Spark work: one clear line on failure."""
+    fmt = (fmt or "").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    path = Path(os.path.expanduser(str(out))).absolute()
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory; give a file path")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".persona-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return fmt, path
+
+
+def export_frame(profiles: DataFrame, behaviour: DataFrame) -> DataFrame:
+    """One row per profile: keys, segment, profile_vec, versions, then behaviour columns."""
+    extra = [f.name for f in USER_BEHAVIOUR.fields if f.name not in KEY_COLUMNS]
+    b = behaviour.select("user_id", "as_of_date", *extra)
+    p = profiles.select("user_id", "as_of_date", "segment_id", "profile_vec", "fusion_version", "encoder_version")
+    return p.join(b, ["user_id", "as_of_date"], "left").orderBy("user_id")
+
+
+def export_profiles(spark: SparkSession, settings, fmt: str, out, as_of=None) -> dict:
+    """Write one day's profiles to a single local file (csv, JSON lines or parquet)."""
+    fmt, path = check_export_target(fmt, out)
+    day = resolve_as_of(as_of, profile_dates(spark, settings), PROFILES_TABLE)
+    profiles = read_profiles(spark, settings).where(F.col("as_of_date") == F.lit(day))
+    behaviour = delta_io.read(spark, settings.table(BEHAVIOUR_TABLE), BEHAVIOUR_TABLE)
+    frame = export_frame(profiles, behaviour.where(F.col("as_of_date") == F.lit(day)))
+    if fmt == "csv":
+        # CSV has no arrays: they travel as JSON text ("[0.12,-1.5]").
+        arrays = [f.name for f in frame.schema.fields if f.dataType.typeName() == "array"]
+        frame = frame.select(*[F.to_json(c).alias(c) if c in arrays else F.col(c) for c in frame.columns])
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        # One file, written by one task: fine for a per-day profile export, and it keeps
+        # the driver's memory out of it (no toPandas).
+        writer = frame.coalesce(1).write.mode("overwrite")
+        if fmt == "csv":
+            writer.option("header", "true").csv(str(tmp))
+        elif fmt == "json":
+            writer.option("ignoreNullFields", "false").json(str(tmp))
+        else:
+            writer.parquet(str(tmp))
+        parts = sorted(p for p in tmp.iterdir() if p.name.startswith("part-"))
+        if len(parts) != 1:
+            raise InputError(f"export produced {len(parts)} files instead of one")
+        os.replace(parts[0], path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = profiles.count()
+    return {"as_of": day.isoformat(), "format": fmt, "path": str(path), "rows": rows, "bytes": path.stat().st_size}
