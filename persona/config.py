@@ -109,6 +109,14 @@ class FusionSettings(_Section):
     min_segments: int = 2
     max_segments: int = 8
     seed: int = 7
+    # "Never purchased" is not missing at random: it means "long ago", not "typical".
+    never_days: int = 365
+    # Silhouette-based choice of the segment count runs on at most this many rows.
+    selection_sample_rows: int = 50_000
+    # Report: rows sampled for distributions and drift; PSI flag threshold and bins.
+    report_sample_rows: int = 100_000
+    psi_threshold: float = 0.2
+    psi_bins: int = 10
 
 
 class FeastSettings(_Section):
