@@ -129,6 +129,13 @@ class FeastSettings(_Section):
     ttl_days: int = 30
     server_port: int = 6566
     server_host: str = "127.0.0.1"
+    # Materialization: "persona" (Spark executors encode Feast's Redis bytes from
+    # Arrow batches and pipeline them), "spark" (Feast's spark.engine) or "local".
+    batch_engine: Literal["persona", "spark", "local"] = "persona"
+    write_partitions: int = 2
+    pipeline_rows: int = 500
+    # How long a serving process trusts its cached registry before re-reading it.
+    registry_cache_ttl_s: int = 60
 
 
 class SqlSettings(_Section):
