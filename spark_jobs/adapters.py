@@ -93,6 +93,8 @@ def _read_csv(spark: SparkSession, files: list[str], columns, header: bool) -> D
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
         .option("multiLine", False)
+        # RFC 4180: a quote inside a quoted field is doubled (Spark's default escape is \).
+        .option("escape", '"')
         .option("encoding", "UTF-8")
         .csv(files)
         .withColumn("_file", F.col("_metadata.file_path"))
