@@ -77,6 +77,8 @@ COMMAND_MODULES = [
     "persona.commands.setup",
     "persona.commands.ingest",
     "persona.commands.generate",
+    "persona.commands.fuse",
+    "persona.commands.serve",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)

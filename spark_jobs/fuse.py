@@ -486,15 +486,17 @@ run = run_fuse
 
 
 # ---------------------------------------------------------------- export
-def check_export_target(fmt: str, out) -> tuple[str, Path]:
-    """Validate format and path before any Spark work: one clear line on failure."""
-    fmt = (fmt or "").lower()
-    if fmt not in EXPORT_FORMATS:
-        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+def check_writable(out) -> Path:
+    """An absolute file path we can create, or an InputError saying why not."""
     path = Path(os.path.expanduser(str(out))).absolute()
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a directory; give a file path")
     parent = path.parent
+    for up in [parent, *parent.parents]:
+        if up.exists():
+            if not up.is_dir():
+                raise InputError(f"cannot write {path}: {up} is not a directory")
+            break
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = parent / f".persona-probe-{uuid.uuid4().hex[:8]}"
@@ -502,7 +504,15 @@ def check_export_target(fmt: str, out) -> tuple[str, Path]:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return fmt, path
+    return path
+
+
+def check_export_target(fmt: str, out) -> tuple[str, Path]:
+    """Validate format and path before any Spark work: one clear line on failure."""
+    fmt = (fmt or "").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    return fmt, check_writable(out)
 
 
 def export_frame(profiles: DataFrame, behaviour: DataFrame) -> DataFrame:
