@@ -1,0 +1,157 @@
+"""Pure pieces of the fusion job, explain and report: feature list, k rule, the
+preprocessing SQL, driver decomposition, PSI, input checks. Tiny frames only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from persona.errors import InputError, NotBuiltError
+from persona.explain import decompose
+from persona.report import key_features, previous_date, psi
+from spark_jobs import fuse
+from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS
+
+
+def test_feature_list_is_numeric_behaviour_minus_keys_and_arrays():
+    feats = fuse.behaviour_features()
+    assert "user_id" not in feats and "as_of_date" not in feats and "event_timestamp" not in feats
+    assert "top_categories_30d" not in feats  # an array
+    assert {"views_30d", "spend_30d", "night_share_30d", "days_since_last_purchase"} <= set(feats)
+    numeric = [f.name for f in USER_BEHAVIOUR.fields if f.dataType.typeName() in ("long", "integer", "double", "float")]
+    assert feats == [c for c in numeric if c not in fuse.KEY_COLUMNS]
+
+
+def test_log1p_covers_counts_and_money_not_rates():
+    logs = set(fuse.log1p_features())
+    assert {"views_1d", "purchases_30d", "sessions_30d", "spend_30d", "days_since_last_purchase"} <= logs
+    assert not {"cart_rate_30d", "night_share_30d", "top_category_share_30d"} & logs
+
+
+@pytest.mark.parametrize(
+    "ev,threshold,max_k,expected",
+    [
+        ([0.5, 0.3, 0.15, 0.05], 0.9, 16, 3),
+        ([0.5, 0.4, 0.1], 0.9, 16, 2),  # exactly at the threshold
+        ([0.1] * 10, 0.9, 4, 4),  # capped
+        ([0.2, 0.2], 0.99, 16, 2),  # never reached: all there is
+    ],
+)
+def test_choose_k(ev, threshold, max_k, expected):
+    assert fuse.choose_k(ev, threshold, max_k) == expected
+
+
+def test_preprocess_statement_log1p_fill_and_embedding(spark):
+    from pyspark.ml.feature import SQLTransformer
+
+    df = spark.createDataFrame(
+        [("a", 0, None, [1.0, 2.0]), ("b", 9, 3, [0.5, -1.0])],
+        "user_id string, views_30d long, days_since_last_purchase int, user_emb array<float>",
+    )
+    stmt = fuse.preprocess_statement(["views_30d", "days_since_last_purchase"], ["views_30d", "days_since_last_purchase"],
+                                     {"days_since_last_purchase": 365.0}, 2)
+    rows = {r["user_id"]: r for r in SQLTransformer(statement=stmt).transform(df).collect()}
+    assert rows["a"]["f__views_30d"] == pytest.approx(0.0)
+    assert rows["b"]["f__views_30d"] == pytest.approx(np.log1p(9))
+    assert rows["a"]["f__days_since_last_purchase"] == pytest.approx(np.log1p(365))  # never -> a year
+    assert rows["b"]["f__days_since_last_purchase"] == pytest.approx(np.log1p(3))
+    assert (rows["b"]["emb__0"], rows["b"]["emb__1"]) == (0.5, -1.0)
+
+
+def test_fusion_input_inner_join_keeps_behaviour_timestamp(spark):
+    from pyspark.sql import functions as F
+
+    d = dt.date(2024, 1, 2)
+    ts = dt.datetime(2024, 1, 2, 23, 59, 59)
+    beh = spark.createDataFrame([("a", d, ts), ("b", d, ts)], "user_id string, as_of_date date, event_timestamp timestamp")
+    emb = spark.createDataFrame(
+        [("a", d, dt.datetime(2024, 1, 9), [0.1], "e1"), ("c", d, ts, [0.2], "e1")],
+        "user_id string, as_of_date date, event_timestamp timestamp, user_emb array<float>, encoder_version string",
+    )
+    out = fuse.fusion_input(beh, emb).orderBy("user_id").collect()
+    assert [r.user_id for r in out] == ["a"]
+    assert out[0].event_timestamp == ts and out[0].encoder_version == "e1"
+    assert fuse.fusion_input(beh, emb).where(F.col("user_id") == "b").count() == 0
+
+
+def test_check_compatible_refuses_other_encoder_or_size(spark):
+    d = dt.date(2024, 1, 2)
+    df = spark.createDataFrame([("a", [0.1, 0.2], "e2")], "user_id string, user_emb array<float>, encoder_version string")
+    with pytest.raises(InputError, match="--refit"):
+        fuse.check_compatible(df, {"embedding_dim": 2, "encoder_version": "e1", "version": "v1"}, d)
+    with pytest.raises(InputError, match="size"):
+        fuse.check_compatible(df, {"embedding_dim": 3, "encoder_version": "e2", "version": "v1"}, d)
+    fuse.check_compatible(df, {"embedding_dim": 2, "encoder_version": "e2", "version": "v1"}, d)
+
+
+def test_resolve_as_of():
+    days = [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    assert fuse.resolve_as_of(None, days, "x") == dt.date(2024, 1, 2)
+    assert fuse.resolve_as_of("2024-01-01", days, "x") == dt.date(2024, 1, 1)
+    with pytest.raises(InputError, match="available: 2024-01-01 .. 2024-01-02"):
+        fuse.resolve_as_of("2024-02-01", days, "x")
+    with pytest.raises(InputError, match="not a date"):
+        fuse.resolve_as_of("yesterday", days, "x")
+    with pytest.raises(NotBuiltError):
+        fuse.resolve_as_of(None, [], "x")
+
+
+def test_export_target_checks(tmp_path):
+    with pytest.raises(InputError, match="unknown export format 'xml'"):
+        fuse.check_export_target("xml", tmp_path / "a.xml")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="is not a directory"):
+        fuse.check_export_target("csv", blocker / "a.csv")
+    with pytest.raises(InputError, match="is a directory"):
+        fuse.check_export_target("csv", tmp_path)
+    fmt, path = fuse.check_export_target("JSON", tmp_path / "new" / "a.json")
+    assert fmt == "json" and path.parent.is_dir()
+
+
+def test_decompose_shares_sum_to_one_and_match_scores():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    P = q[:, :3]  # orthonormal loadings, as PCA gives
+    z = rng.normal(size=6)
+    s, contrib, shares = decompose(z, P)
+    np.testing.assert_allclose(s, P.T @ z)
+    np.testing.assert_allclose(contrib.sum(axis=0), s)  # loading x value sums to the score
+    assert shares.sum() == pytest.approx(1.0)
+    # A user who differs from the centre only in feature 2 is driven by feature 2.
+    z2 = np.zeros(6)
+    z2[2] = 5.0
+    _, _, sh2 = decompose(z2, P)
+    assert int(np.argmax(sh2)) == 2 and sh2[2] == pytest.approx(1.0)
+
+
+def test_psi_zero_for_same_large_for_shift_and_sees_nulls():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=5000)
+    b = rng.normal(size=5000)
+    assert psi(a, a) == pytest.approx(0.0, abs=1e-12)
+    assert psi(a, b) < 0.02  # two samples of one distribution
+    assert psi(a, b + 1.0) > 0.2  # one sd shift
+    with_nulls = b.copy()
+    with_nulls[:2000] = np.nan
+    assert psi(a, with_nulls) > 0.2  # 40% of values gone missing is drift
+    counts = rng.poisson(0.3, size=5000).astype(float)  # mostly zeros: few distinct edges
+    assert psi(counts, rng.poisson(0.3, size=5000).astype(float)) < 0.02
+
+
+def test_previous_date_and_key_features():
+    days = [dt.date(2024, 1, d) for d in (1, 3, 5)]
+    assert previous_date(days, dt.date(2024, 1, 5)) == dt.date(2024, 1, 3)
+    assert previous_date(days, dt.date(2024, 1, 1)) is None
+    stats = {"segments": [
+        {"features": [{"feature": "a", "z": 0.1}, {"feature": "b", "z": -2.0}]},
+        {"features": [{"feature": "a", "z": 1.5}, {"feature": "b", "z": 0.0}]},
+    ]}
+    assert key_features(stats, 2) == ["b", "a"]
+
+
+def test_embedding_schema_is_what_fuse_reads():
+    names = {f.name for f in USER_EMBEDDINGS.fields}
+    assert {"user_id", "as_of_date", "user_emb", "encoder_version"} <= names
