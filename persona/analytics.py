@@ -159,6 +159,20 @@ def translate(sql: str, dialect: str) -> str:
     return ";\n".join(out)
 
 
+def translate_from(sql: str, source: str, target: str) -> str:
+    """An analyst's query from dialect ``source`` to ``target`` (sqlglot names)."""
+    import sqlglot
+    from sqlglot.errors import ErrorLevel, ParseError, UnsupportedError
+
+    if source == target:
+        return sql
+    try:
+        return ";\n".join(sqlglot.transpile(sql, read=source, write=target,
+                                             unsupported_level=ErrorLevel.RAISE))
+    except (ParseError, UnsupportedError, ValueError) as exc:
+        raise ValueError(f"cannot translate from {source} to {target}: {str(exc).splitlines()[0]}") from exc
+
+
 def spark_sql_over_paths(sql: str, paths: dict[str, str]) -> str:
     """The view body with ``layer.table`` replaced by ``delta.`path```: runs in any Spark
     session with Delta, without registering anything in its catalog."""
@@ -211,6 +225,8 @@ def _check_duckdb(sql: str) -> None:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise InputError(f"invalid query: {str(exc).splitlines()[0]}") from exc
+    if len(statements) > 1:
+        raise InputError("one statement at a time, please")
     for stmt in statements:
         kind = stmt.type.name
         if kind == "EXPLAIN":
@@ -233,6 +249,8 @@ def _check_sqlglot(sql: str, dialect: str) -> None:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as exc:
         raise InputError(f"could not check that the query only reads: {str(exc).splitlines()[0]}") from exc
+    if len(statements) > 1:
+        raise InputError("one statement at a time, please")
     forbidden = (exp.DML, exp.DDL, exp.Copy, exp.Set, exp.Use, exp.Cache, exp.Uncache,
                  exp.Refresh, exp.TruncateTable, exp.Grant, exp.Revoke, exp.Merge,
                  exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter,
@@ -337,28 +355,27 @@ def _local_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def _columns(schema) -> str:
-    """Select list casting Parquet's UTC-adjusted timestamps to naive UTC timestamps,
-    which is what Spark returns (session time zone UTC), so both engines agree."""
-    import pyarrow as pa
-
+def _select_list(described: list[tuple]) -> str:
+    """Columns of a ``describe`` result, with UTC-adjusted timestamps turned into naive
+    UTC timestamps: Spark returns those (session time zone UTC), so both engines agree.
+    (Spark writes INT96, which DuckDB already reads as naive; other writers may not.)"""
     cols = []
-    for field in schema:
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            cols.append(f"timezone('UTC', {_qi(field.name)}) as {_qi(field.name)}")
+    for name, dtype, *_ in described:
+        if dtype == "TIMESTAMP WITH TIME ZONE":
+            cols.append(f"timezone('UTC', {_qi(name)}) as {_qi(name)}")
         else:
-            cols.append(_qi(field.name))
+            cols.append(_qi(name))
     return ", ".join(cols)
 
 
 def _base_view_sql(snap: DeltaSnapshot, empty_file: Path) -> tuple[str, list[str]]:
-    """The DuckDB view body reading exactly the snapshot's files, and those files."""
+    """The DuckDB table function reading exactly the snapshot's files, and those files."""
     import pyarrow.parquet as pq
 
     if not snap.files:
         # No data yet: an empty Parquet file with the table's schema keeps the view typed.
         pq.write_table(snap.arrow_schema.empty_table(), empty_file)
-        return f"select {_columns(snap.arrow_schema)} from read_parquet({_ql(str(empty_file))})", [str(empty_file)]
+        return f"read_parquet({_ql(str(empty_file))})", [str(empty_file)]
     files = [_local_path(f) for f in snap.files]
     options = ""
     if snap.partition_columns:
@@ -379,8 +396,11 @@ def _base_view_sql(snap: DeltaSnapshot, empty_file: Path) -> tuple[str, list[str
         )
         options = f", hive_partitioning = true, hive_types = {{{types}}}"
     listing = ", ".join(_ql(f) for f in files)
-    body = f"select {_columns(snap.arrow_schema)} from read_parquet([{listing}]{options}, union_by_name = true)"
-    return body, files
+    return f"read_parquet([{listing}]{options}, union_by_name = true)", files
+
+
+# Bump when the generated DDL changes, so cached catalog files are rebuilt.
+CATALOG_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -426,6 +446,7 @@ def build_embedded_catalog(settings: "Settings", views: dict[str, View] | None =
         "tables": {n: [s.path, s.version, list(s.files)] for n, s in snaps.items() if s is not None},
         "views": {v.name: v.sql for v in views.values()},
         "duckdb": duckdb.__version__,
+        "format": CATALOG_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
     directory = _catalog_dir(settings)
@@ -447,10 +468,11 @@ def build_embedded_catalog(settings: "Settings", views: dict[str, View] | None =
             if snap is None:
                 continue
             layer, table = name.split(".")
-            body, files = _base_view_sql(snap, directory / f"empty-{layer}-{table}-{digest}.parquet")
+            source, files = _base_view_sql(snap, directory / f"empty-{layer}-{table}-{digest}.parquet")
             allowed += files
+            columns = _select_list(con.execute(f"describe select * from {source}").fetchall())
             con.execute(f"create schema if not exists {_qi(layer)}")
-            con.execute(f"create view {_qi(layer)}.{_qi(table)} as {body}")
+            con.execute(f"create view {_qi(layer)}.{_qi(table)} as select {columns} from {source}")
         for view in views.values():
             needs = [t for t in view.tables if t in missing]
             if needs:
@@ -524,6 +546,11 @@ def engine_for(settings: "Settings", url: str | None = None) -> "sa.Engine":
 
     if not url:
         return embedded_engine(settings)
+    # The thrift transport logs each failed connect attempt on stderr; the error we
+    # raise already says it.
+    import logging
+
+    logging.getLogger("thrift").setLevel(logging.CRITICAL)
     try:
         return sa.create_engine(url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
@@ -535,10 +562,19 @@ def run_query(engine: "sa.Engine", sql: str, params: dict[str, Any] | None = Non
     """Check ``sql`` only reads, run it with ``params`` bound, fetch up to ``limit`` rows."""
     import sqlalchemy as sa
 
-    check_read_only(sql, dialect_of(engine))
+    if params:
+        # Check what the engine will parse: the placeholders in the driver's own style.
+        check_read_only(str(sa.text(sql).compile(dialect=engine.dialect)), dialect_of(engine))
+    else:
+        check_read_only(sql, dialect_of(engine))
     start = time.perf_counter()
     try:
-        with engine.connect() as conn:
+        conn = engine.connect()
+    except Exception as exc:  # refused, no such host, thrift transport errors, locked file
+        where = engine.url.render_as_string(hide_password=True)
+        raise ServiceError(f"cannot connect to {where}: {_first_error_line(str(getattr(exc, 'orig', None) or exc))}") from exc
+    try:
+        with conn:
             if params:
                 result = conn.execute(sa.text(sql), params)
             else:
@@ -553,7 +589,8 @@ def run_query(engine: "sa.Engine", sql: str, params: dict[str, Any] | None = Non
     except sa.exc.DBAPIError as exc:
         raise _engine_error(engine, exc) from exc
     except sa.exc.StatementError as exc:
-        raise InputError(f"query parameters: {str(exc.orig or exc).splitlines()[0]}") from exc
+        detail = re.sub(r"\s*\(Background on this error.*", "", str(exc.orig or exc).splitlines()[0])
+        raise InputError(f"query parameters: {detail}") from exc
 
 
 def _engine_error(engine: "sa.Engine", exc: Exception) -> Exception:
@@ -569,7 +606,7 @@ def _engine_error(engine: "sa.Engine", exc: Exception) -> Exception:
                 return NotBuiltError(f"table {table} is not built yet (no Delta table at {path})")
     if "read-only" in message or "read only" in message:
         return InputError(message)
-    if isinstance(exc, Exception) and any(k in message for k in ("Connection refused", "Could not connect", "TTransportException")):
+    if any(k in message for k in ("Connection refused", "Could not connect", "TTransportException")):
         return ServiceError(f"cannot reach {engine.url.render_as_string(hide_password=True)}: {message}")
     return InputError(message)
 
@@ -854,7 +891,7 @@ def start_thrift_server(settings: "Settings", port: int | None = None, host: str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceError(f"SQL server exited ({proc.returncode}): {_server_failure(log_path)}")
+            raise ServiceError(f"SQL server exited ({proc.returncode}): {server_failure(log_path)}")
         if "persona-sql-server-ready" in log_path.read_text(errors="replace") and not port_free(host, port):
             return server
         time.sleep(0.5)
@@ -862,7 +899,7 @@ def start_thrift_server(settings: "Settings", port: int | None = None, host: str
     raise ServiceError(f"SQL server did not start within {timeout:.0f}s; see {log_path}")
 
 
-def _server_failure(log_path: Path) -> str:
+def server_failure(log_path: Path) -> str:
     text = log_path.read_text(errors="replace")
     for pattern in (r"persona-setup-failed: (.*)", r"persona-server-failed: (.*)", r"ERROR [\w.$]+: (.*)",
                     r"Exception[^:\n]*: (.*)"):

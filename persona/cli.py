@@ -79,6 +79,7 @@ COMMAND_MODULES = [
     "persona.commands.generate",
     "persona.commands.fuse",
     "persona.commands.serve",
+    "persona.commands.sql",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)
