@@ -201,6 +201,16 @@ def _generic_columns(spark: SparkSession, files: list[str], kind: str) -> list[s
     return [c for c in cols if c in known]
 
 
+def preflight(path: str, fmt: str) -> list[str]:
+    """Resolve and sniff the inputs without Spark: bad input fails in milliseconds."""
+    if fmt not in adapters.FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(adapters.FORMATS)}")
+    files = resolve_inputs(path)
+    for f in files:
+        sniff(f, fmt)
+    return files
+
+
 # ---------------------------------------------------------------------------- parsing
 def parse(spark: SparkSession, files: list[str], fmt: str, settings) -> DataFrame:
     """Raw files -> canonical columns + ``reason``; one frame for valid and bad rows."""
@@ -261,7 +271,8 @@ def run_ingest(spark: SparkSession, settings, path: str, fmt: str, progress=None
     """Ingest PATH in format FMT; returns the summary (read, accepted, duplicates, quarantine)."""
     files = resolve_inputs(path)
     parsed = parse(spark, files, fmt, settings)
-    parsed = pseudonymise(with_event_ids(parsed), settings)
+    # Pseudonymise first, so derived event ids are hashes of the HMAC, not of raw ids.
+    parsed = with_event_ids(pseudonymise(parsed, settings))
     now = F.current_timestamp()
     staged = parsed.withColumn("ingested_at", now).persist()
     try:

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from persona.cli import app, settings, spark
-from persona.errors import InputError
 from persona.progress import console, out, stage
 
 
@@ -22,12 +21,9 @@ def ingest(
 
     Idempotent: ingesting the same file again adds nothing.
     """
-    from spark_jobs.adapters import FORMATS
-    from spark_jobs.ingest import resolve_inputs, run_ingest
+    from spark_jobs.ingest import preflight, run_ingest
 
-    if format not in FORMATS:
-        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    resolve_inputs(path)  # fail on a bad path before paying for a Spark session
+    preflight(path, format)  # bad paths and wrong formats fail before a Spark session starts
     with stage(f"ingest {path} ({format})"):
         summary = run_ingest(spark(), settings(), path, format)
     if as_json:
