@@ -1,0 +1,226 @@
+"""Encoder jobs: train on ``silver.user_sequences``, apply in Spark to ``gold.user_embeddings``.
+
+Input: ``silver.user_sequences`` (one row per user per as_of_date; see USER_SEQUENCES)
+and a trained encoder version under ``<home>/models/encoder/``.
+Output: ``gold.user_embeddings`` (one row per user per as_of_date; partitioned by
+as_of_date, written with replaceWhere so re-running a day replaces exactly that day):
+``user_id, as_of_date, event_timestamp, created_timestamp, user_emb, encoder_version``.
+
+Inference runs in Python workers over Arrow batches (``mapInPandas``, iterator form)
+and calls :func:`encoders.predict.load` / the same numpy predict function the tests call
+without Spark. What keeps it near in-process speed on a small machine:
+- the model is loaded once per (reused) Python worker, cached by path, not per batch
+  or partition (``spark.python.worker.reuse`` is on in the session factory);
+- TensorFlow gets ``settings.encoder.threads_per_task`` threads (the cores one task
+  owns), set before TF initialises in the worker: two workers each using every core
+  fight over the cores;
+- Arrow batches of ``settings.encoder.arrow_batch_size`` rows, and at least one
+  partition per core so every core has a task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import Window
+
+from encoders import registry
+from persona.errors import InputError, NotBuiltError
+from spark_jobs import delta_io
+from spark_jobs.schemas import USER_EMBEDDINGS
+
+SEQUENCES = "silver.user_sequences"
+EMBEDDINGS = "gold.user_embeddings"
+KEY_COLUMNS = ("user_id", "as_of_date", "event_timestamp")
+ARRAY_COLUMNS = ("item_ids", "category_ids", "event_types", "gap_seconds")
+UDF_SCHEMA = "user_id string, as_of_date date, event_timestamp timestamp, user_emb array<float>"
+
+
+# ---- model versions -------------------------------------------------------------------
+def encoder_root(settings) -> Path:
+    return settings.models_root("encoder")
+
+
+def resolve_model(settings, version: str | None = None) -> Path:
+    """The version directory for ``version`` (default ``latest``), or a NotBuiltError."""
+    try:
+        return registry.resolve(encoder_root(settings), version or registry.LATEST)
+    except FileNotFoundError as exc:
+        raise NotBuiltError(f"{exc} (run `persona train-encoder` first)") from None
+
+
+# ---- the pure transform ---------------------------------------------------------------
+def _embed_batches(model_path: str, threads: int, chunk: int):
+    """The function each Python worker runs over its Arrow batches (as pandas)."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from encoders import data, predict
+
+        # Before the first TF op in this worker; a reused worker keeps both settings.
+        predict.configure_threads(threads)
+        encoder = predict.load(model_path)
+        for pdf in batches:
+            seqs = data.from_frame(pdf)
+            emb = encoder(seqs.item_ids, seqs.category_ids, seqs.event_types, seqs.gap_seconds,
+                          chunk=chunk)
+            yield pd.DataFrame({
+                "user_id": pdf["user_id"],
+                "as_of_date": pdf["as_of_date"],
+                "event_timestamp": pdf["event_timestamp"],
+                "user_emb": list(emb),
+            })
+
+    return run
+
+
+def embed_sequences(
+    sequences: DataFrame,
+    model_dir: str | Path,
+    threads_per_task: int = 1,
+    min_partitions: int = 1,
+    chunk: int = 4096,
+) -> DataFrame:
+    """``silver.user_sequences`` rows -> ``gold.user_embeddings`` rows (same grain)."""
+    model_dir = Path(model_dir)
+    model_path = str((model_dir / "model.keras").resolve())
+    df = sequences.select(*KEY_COLUMNS, *ARRAY_COLUMNS)
+    if min_partitions > 1 and df.rdd.getNumPartitions() < min_partitions:
+        # One file for a day would otherwise mean one task, one busy core.
+        df = df.repartition(min_partitions)
+    out = df.mapInPandas(_embed_batches(model_path, threads_per_task, chunk), UDF_SCHEMA)
+    return out.select(
+        *KEY_COLUMNS,
+        F.current_timestamp().alias("created_timestamp"),
+        "user_emb",
+        F.lit(model_dir.name).alias("encoder_version"),
+    )
+
+
+# ---- jobs -----------------------------------------------------------------------------
+def _as_date(value) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _read_sequences(spark: SparkSession, settings) -> DataFrame:
+    return delta_io.read(spark, settings.table(SEQUENCES), "run `persona sequences` first")
+
+
+def _latest_as_of(df: DataFrame) -> dt.date:
+    latest = df.agg(F.max("as_of_date")).first()[0]
+    if latest is None:
+        raise NotBuiltError(f"{SEQUENCES} is empty (run `persona sequences` first)")
+    return latest
+
+
+def run(
+    spark: SparkSession,
+    settings,
+    as_of=None,
+    start=None,
+    end=None,
+    version: str | None = None,
+) -> dict:
+    """Embed every user's sequence for ``as_of`` (or each day in ``start..end``; default:
+    the latest sequences day) with encoder ``version`` (default latest); replace those
+    days in ``gold.user_embeddings``. Returns a summary."""
+    t0 = time.perf_counter()
+    seqs = _read_sequences(spark, settings)
+    as_of, start, end = _as_date(as_of), _as_date(start), _as_date(end)
+    if as_of is not None:
+        start = end = as_of
+    if start is None and end is None:
+        start = end = _latest_as_of(seqs)
+    start, end = start or end, end or start
+    if start > end:
+        raise InputError(f"start {start} is after end {end}")
+    model_dir = resolve_model(settings, version)
+    days = seqs.where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
+
+    cfg = settings.encoder
+    cores = spark.sparkContext.defaultParallelism
+    conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(conf_key, None)
+    if cfg.arrow_batch_size:
+        spark.conf.set(conf_key, str(cfg.arrow_batch_size))
+    try:
+        out = embed_sequences(days, model_dir, cfg.threads_per_task, cores, cfg.predict_chunk)
+        delta_io.replace_where(out, settings.table(EMBEDDINGS), USER_EMBEDDINGS, "as_of_date", start, end)
+    finally:
+        if cfg.arrow_batch_size:
+            if previous is None:
+                spark.conf.unset(conf_key)
+            else:
+                spark.conf.set(conf_key, previous)
+    written = (
+        spark.read.format("delta").load(settings.table(EMBEDDINGS))
+        .where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
+        .count()
+    )
+    if written == 0:
+        raise NotBuiltError(f"no sequences between {start} and {end} in {SEQUENCES}")
+    return {
+        "table": EMBEDDINGS,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "rows": int(written),
+        "encoder_version": model_dir.name,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def training_sequences(spark: SparkSession, settings, as_of=None) -> tuple[pd.DataFrame, dict]:
+    """Each user's latest sequence up to ``as_of`` (default: the latest day), as pandas,
+    plus the data range it covers."""
+    seqs = _read_sequences(spark, settings)
+    as_of = _as_date(as_of) or _latest_as_of(seqs)
+    upto = seqs.where(F.col("as_of_date") <= F.lit(as_of))
+    w = Window.partitionBy("user_id").orderBy(F.col("as_of_date").desc())
+    latest = (
+        upto.withColumn("_rn", F.row_number().over(w)).where("_rn = 1")
+        .select("user_id", "as_of_date", *ARRAY_COLUMNS)
+    )
+    pdf = latest.toPandas()
+    if pdf.empty:
+        raise NotBuiltError(f"no sequences up to {as_of} in {SEQUENCES}")
+    data_range = {
+        "as_of": as_of.isoformat(),
+        "first_as_of_date": str(pdf["as_of_date"].min()),
+        "last_as_of_date": str(pdf["as_of_date"].max()),
+        "table": settings.table(SEQUENCES),
+    }
+    return pdf, data_range
+
+
+def train(spark: SparkSession, settings, as_of=None, log=None) -> dict:
+    """Train a new encoder version on the sequences up to ``as_of``; returns a summary."""
+    from encoders import data
+    from encoders.model import EncoderParams
+    from encoders.train import train as fit
+
+    pdf, data_range = training_sequences(spark, settings, as_of)
+    seqs = data.from_frame(pdf)
+    try:
+        result = fit(seqs, EncoderParams.from_mapping(settings.encoder), encoder_root(settings),
+                     data_range=data_range, log=log)
+    except ValueError as exc:
+        raise InputError(f"cannot train the encoder: {exc}") from None
+    ev = result.metrics["evaluation"]
+    return {
+        "encoder_version": result.version,
+        "path": str(result.path),
+        "as_of": data_range["as_of"],
+        "users": result.metrics["data"]["users"],
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.items()},
+        "seconds": result.metrics["training"]["seconds"],
+    }
