@@ -80,6 +80,7 @@ COMMAND_MODULES = [
     "persona.commands.fuse",
     "persona.commands.serve",
     "persona.commands.sql",
+    "persona.commands.encoder",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)

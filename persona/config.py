@@ -101,6 +101,15 @@ class EncoderSettings(_Section):
     seed: int = 42
     # TF intra-op threads per Spark task: cores per task (spark.task.cpus), usually 1.
     threads_per_task: int = 1
+    # Items seen fewer times than this in training share the out-of-vocabulary slot.
+    item_min_count: int = 2
+    dropout: float = 0.1
+    # Weight of the event k steps before the last in the "recent mix" feature: decay**k.
+    recent_decay: float = 0.8
+    # Rows per Arrow batch handed to the embed UDF (0: the session's setting), and rows
+    # per TensorFlow call inside it.
+    arrow_batch_size: int = 10_000
+    predict_chunk: int = 4096
 
 
 class FusionSettings(_Section):
