@@ -46,6 +46,9 @@ def stage(name: str) -> Iterator[dict]:
     console.print(f"[bold cyan]>[/] {name} ...")
     try:
         yield info
-    finally:
+    except BaseException:
         info["seconds"] = time.perf_counter() - start
-        console.print(f"[bold green]done[/] {name} in {info['seconds']:.1f}s")
+        console.print(f"[bold red]failed[/] {name} after {info['seconds']:.1f}s")
+        raise
+    info["seconds"] = time.perf_counter() - start
+    console.print(f"[bold green]done[/] {name} in {info['seconds']:.1f}s")

@@ -148,4 +148,22 @@ def conform(df: DataFrame, schema: StructType) -> DataFrame:
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"frame lacks columns {missing} required by the table schema")
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    have = {f.name: f.dataType for f in df.schema.fields}
+    cols = []
+    for f in schema.fields:
+        if _relaxed(have[f.name]) == _relaxed(f.dataType):
+            cols.append(F.col(f.name))  # same type; element nullability is not castable
+        else:
+            cols.append(F.col(f.name).cast(_relaxed(f.dataType)).alias(f.name))
+    return df.select(*cols)
+
+
+def _relaxed(dtype):
+    """The type with every nested ``containsNull`` / ``valueContainsNull`` set to True:
+    Spark refuses to cast array<float> to array<float NOT NULL>, and element
+    nullability is not what readers depend on."""
+    if isinstance(dtype, ArrayType):
+        return ArrayType(_relaxed(dtype.elementType), True)
+    if isinstance(dtype, StructType):
+        return StructType([StructField(f.name, _relaxed(f.dataType), True) for f in dtype.fields])
+    return dtype
