@@ -1,8 +1,49 @@
-"""Serving benchmark (placeholder header; the full docstring is below the data builder)."""
+"""Serving benchmark: Feast over persona's tables, against a real local Redis.
+
+    python -m bench.serving [--quick] [--users N] [--days D]
+
+Input: synthetic users x days snapshots of the three serving tables (every column of the
+contract schemas; recommender_v1 = 33 features incl. a 32-d embedding and a 16-d
+profile vector, i.e. 36 Redis hash fields per user), written as Delta in a temporary
+home; a redis-server started here on a free loopback port. Output: a table on stdout and
+bench/results/serving.json. Grain of "rows": users (one online row per user).
+
+Measured in one run, so the ratios hold on a noisy shared machine:
+- materialize_rows_per_s: ``persona materialize`` (persona's Feast batch engine) of one
+  daily snapshot into Redis; raw_redis_rows_per_s: one Python process writing the same
+  keys and bytes with pipelined HSET (one HSET of all 36 fields per user; bytes
+  precomputed, only the writes timed); feast_default_rows_per_s: Feast's local engine
+  and stock Redis store on the same window; feast_spark_engine_rows_per_s: Feast's own
+  spark.engine with skip_dedup (Feast's levers, no persona code).
+- online_p50/p99_ms_1 and _100: Feast SDK ``get_online_features(recommender_v1).to_dict()``
+  through persona's online store; the same through Feast's stock Redis store; raw
+  HGETALL (1 key; 100 keys pipelined) as the floor.
+- http_p50/p99_ms_1: Feast's feature server (``persona serve``) over loopback, one user,
+  keep-alive connection; beside the same server on Feast's stock Redis store.
+- historical_s_100k: a point-in-time training set for N entity rows (random users, random
+  stamps across the days) through Feast's Spark offline store on Delta (the one persona
+  uses), beside Feast's DuckDB offline store reading the same Delta tables.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as dt
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ---- synthetic tables (conform to spark_jobs.schemas) --------------------------------
@@ -68,3 +109,393 @@ def synth_tables(spark, settings, users: int, days: int, end_date: dt.date, emb_
         replace_where(df, path, schema, "as_of_date", start, end_date)
         out[name] = path
     return out
+
+
+# ---- helpers --------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        sys.exit("redis-server not found: apt-get install -y redis-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}", client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def timed(fn, reps: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"[bench.serving] {msg}", file=sys.stderr, flush=True)
+
+
+def settings_for(home: Path, redis_conn: str | None, **env) -> "object":
+    from persona.config import load_settings
+
+    environ = {"PERSONA__FEAST__ONLINE_STORE": "redis" if redis_conn else "sqlite"}
+    if redis_conn:
+        environ["PERSONA__FEAST__REDIS_CONNECTION"] = redis_conn
+    environ.update({k: str(v) for k, v in env.items()})
+    return load_settings(home=home, environ=environ)
+
+
+def stock_store(settings, **overrides):
+    """A FeatureStore on the same registry with Feast's own components (no persona code)."""
+    from feast import FeatureStore, RepoConfig
+
+    from persona import serving
+
+    cfg = serving.config_dict(settings)
+    cfg["online_store"]["type"] = "redis"
+    cfg["online_store"]["skip_dedup"] = overrides.pop("skip_dedup", False)
+    cfg["batch_engine"] = overrides.pop("batch_engine", {"type": "local"})
+    cfg.update(overrides)
+    return FeatureStore(repo_path=str(serving.REPO_DIR), config=RepoConfig(repo_path=serving.REPO_DIR, **cfg))
+
+
+# ---- the measurements -----------------------------------------------------------------
+def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rclient, users: int,
+                      last_day: dt.date, feast_default: bool) -> dict:
+    """One daily snapshot (the latest as_of_date) into Redis, four ways."""
+    from persona import serving
+    from persona.feast_codec import hset_mappings
+
+    start = dt.datetime.combine(last_day, dt.time(), tzinfo=dt.timezone.utc)
+    end = start + dt.timedelta(days=1)
+    res: dict = {}
+
+    def fresh(name: str):
+        s = settings_for(work / name, redis_conn, PERSONA__WAREHOUSE=warehouse_settings.warehouse_root)
+        rclient.flushall()
+        serving.apply(s, spark)
+        return s
+
+    s = fresh("home-persona")
+    summary = serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    assert summary["views"]["user_behaviour"] == users, summary
+    res["materialize_s"] = summary["seconds"]
+    res["materialize_rows_per_s"] = round(users / summary["seconds"], 1)
+    log(f"persona engine: {users} users in {summary['seconds']:.1f}s")
+
+    # Raw Redis: the very keys and bytes persona just wrote, one HSET per user of all
+    # fields, pipelined 1000 at a time from one Python process; bytes precomputed.
+    store = serving.get_store(s)
+    merged: dict[bytes, dict] = {}
+    engine = store._get_provider().batch_engine
+    for fv in store.list_feature_views():
+        job, join_keys = engine._offline_job(store.registry, _task(store, fv, start, end))
+        layout = engine._layout(fv, join_keys)
+        with serving._feast_spark(spark):
+            table = job.to_spark_df().toArrow()
+        for key, mapping in hset_mappings(table, layout):
+            merged.setdefault(key, {}).update(mapping)
+    items = list(merged.items())
+    n_fields = len(items[0][1])
+    rclient.flushall()
+    t = time.perf_counter()
+    for i in range(0, len(items), 1000):
+        with rclient.pipeline(transaction=False) as pipe:
+            for key, mapping in items[i:i + 1000]:
+                pipe.hset(key, mapping=mapping)
+            pipe.execute()
+    raw_s = time.perf_counter() - t
+    res["raw_redis_rows_per_s"] = round(len(items) / raw_s, 1)
+    res["redis_fields_per_user"] = n_fields
+    res["materialize_to_raw_ratio"] = round(res["materialize_rows_per_s"] / res["raw_redis_rows_per_s"], 3)
+    log(f"raw pipelined HSET: {len(items)} users x {n_fields} fields in {raw_s:.1f}s")
+
+    # Feast with its own levers only: spark.engine writing from executors, skip_dedup.
+    s2 = fresh("home-feast-spark")
+    st = stock_store(s2, skip_dedup=True, batch_engine={"type": "spark.engine", "partitions": 2},
+                     materialization={"online_write_batch_size": 1000})
+    t = time.perf_counter()
+    with serving._feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
+        st.materialize(start, end)
+    secs = time.perf_counter() - t
+    res["feast_spark_engine_rows_per_s"] = round(users / secs, 1)
+    log(f"feast spark.engine + skip_dedup: {secs:.1f}s")
+
+    if feast_default:
+        s3 = fresh("home-feast-default")
+        st = stock_store(s3)
+        t = time.perf_counter()
+        with serving._feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
+            st.materialize(start, end)
+        secs = time.perf_counter() - t
+        res["feast_default_rows_per_s"] = round(users / secs, 1)
+        log(f"feast defaults (local engine, stock redis): {secs:.1f}s")
+    # Leave persona's data in Redis for the online benchmarks.
+    rclient.flushall()
+    serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    return res, s
+
+
+def _task(store, fv, start, end):
+    from feast.infra.common.materialization_job import MaterializationTask
+
+    return MaterializationTask(project=store.project, feature_view=fv, start_time=start, end_time=end)
+
+
+def bench_online(settings, rclient, users: int, reps1: int, reps100: int) -> dict:
+    from persona import serving
+
+    res: dict = {}
+    ids = [f"u{i:07d}" for i in range(users)]
+    rnd = random.Random(1)
+    ours = serving.get_store(settings)
+    stock = stock_store(settings)
+    for name, store in (("", ours), ("feast_default_", stock)):
+        fs = store.get_feature_service("recommender_v1")
+        for n, reps in ((1, reps1), (100, reps100)):
+            def call(n=n, fs=fs, store=store):
+                rows = [{"user_id": u} for u in rnd.sample(ids, n)]
+                return store.get_online_features(fs, rows).to_dict()
+            got = call()
+            assert got["views_7d"][0] is not None
+            samples = timed(call, reps)
+            res[f"{name}online_p50_ms_{n}"] = round(pct(samples, 0.5), 3)
+            res[f"{name}online_p99_ms_{n}"] = round(pct(samples, 0.99), 3)
+            log(f"{name or 'persona '}online {n}: p50 {res[f'{name}online_p50_ms_{n}']} p99 {res[f'{name}online_p99_ms_{n}']}")
+    keys = rclient.keys("*")[:users]
+    for n, reps in ((1, reps1), (100, reps100)):
+        def raw(n=n):
+            with rclient.pipeline(transaction=False) as pipe:
+                for k in rnd.sample(keys, n):
+                    pipe.hgetall(k)
+                return pipe.execute()
+        samples = timed(raw, reps)
+        res[f"raw_hgetall_p50_ms_{n}"] = round(pct(samples, 0.5), 3)
+        res[f"raw_hgetall_p99_ms_{n}"] = round(pct(samples, 0.99), 3)
+    return res
+
+
+def bench_http(settings, users: int, reps: int, fast: bool) -> dict:
+    """``persona serve`` (Feast's feature server) in a subprocess; one user per request."""
+    port = _free_port()
+    env = dict(os.environ, PERSONA_HOME=str(settings.home), PERSONA__WAREHOUSE=settings.warehouse_root,
+               PERSONA__FEAST__ONLINE_STORE="redis",
+               PERSONA__FEAST__REDIS_CONNECTION=settings.feast.redis_connection,
+               PERSONA__FEAST__FAST_READS="true" if fast else "false")
+    exe = str(Path(sys.executable).with_name("persona"))
+    proc = subprocess.Popen([exe, "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conn = None
+        for _ in range(600):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.connect()
+                break
+            except OSError:
+                time.sleep(0.2)
+        ids = [f"u{i:07d}" for i in range(users)]
+        rnd = random.Random(2)
+
+        def call():
+            body = json.dumps({"feature_service": "recommender_v1", "entities": {"user_id": [rnd.choice(ids)]}})
+            conn.request("POST", "/get-online-features", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(data[:200])
+            return data
+
+        samples = timed(call, reps, warmup=100)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    prefix = "" if fast else "feast_default_"
+    return {f"{prefix}http_p50_ms_1": round(pct(samples, 0.5), 3),
+            f"{prefix}http_p99_ms_1": round(pct(samples, 0.99), 3)}
+
+
+def bench_historical(spark, settings, users: int, days: int, rows: int, last_day: dt.date, work: Path) -> dict:
+    import pandas as pd
+
+    from persona import serving
+
+    rnd = random.Random(3)
+    first = dt.datetime.combine(last_day - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.timezone.utc)
+    span = days * 86400
+    entity = pd.DataFrame({
+        "user_id": [f"u{rnd.randrange(users):07d}" for _ in range(rows)],
+        "event_timestamp": [first + dt.timedelta(seconds=rnd.randrange(span)) for _ in range(rows)],
+    })
+    res: dict = {"historical_rows": rows}
+    sdf = spark.createDataFrame(entity)
+    sdf.cache().count()
+    t = time.perf_counter()
+    df = serving.historical(settings, sdf, spark=spark)
+    with serving._feast_spark(spark):
+        df.write.format("noop").mode("overwrite").save()
+    res["historical_s_100k"] = round(time.perf_counter() - t, 2)
+    sdf.unpersist()
+    log(f"historical (Spark offline store): {res['historical_s_100k']}s for {rows} rows")
+
+    # Feast's DuckDB offline store over the very same Delta tables.
+    t = time.perf_counter()
+    try:
+        res["duckdb_historical_s_100k"] = round(_duckdb_historical(settings, entity, work), 2)
+        log(f"historical (DuckDB offline store): {res['duckdb_historical_s_100k']}s")
+    except Exception as exc:  # report, don't hide
+        res["duckdb_historical_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return res
+
+
+def _duckdb_historical(settings, entity, work: Path) -> float:
+    import runpy
+
+    from feast import FeatureService, FeatureStore, FeatureView, FileSource, RepoConfig
+    from feast.data_format import DeltaFormat
+
+    from persona import serving
+
+    with serving._repo_env(settings):
+        ns = runpy.run_path(str(serving.DECLARATIONS))
+    objects = [ns["user"]]
+    views = {}
+    for name in ("user_behaviour", "user_embedding", "user_profile"):
+        fv = ns[name]
+        src = fv.batch_source
+        views[name] = FeatureView(
+            name=name, entities=[ns["user"]], ttl=fv.ttl, schema=list(fv.schema),
+            source=FileSource(name=src.name, path=src.path, file_format=DeltaFormat(),
+                              timestamp_field="event_timestamp", created_timestamp_column="created_timestamp"),
+            online=False)
+        objects.append(views[name])
+    service = FeatureService(name="recommender_v1", features=list(views.values()))
+    objects.append(service)
+    cfg = RepoConfig(project="persona_duckdb", provider="local", repo_path=work,
+                     registry={"registry_type": "file", "path": str(work / "duckdb_registry.db")},
+                     online_store={"type": "sqlite", "path": str(work / "duckdb_online.db")},
+                     offline_store={"type": "duckdb"}, entity_key_serialization_version=3)
+    store = FeatureStore(repo_path=str(work), config=cfg)
+    store.apply(objects)
+    t = time.perf_counter()
+    out = store.get_historical_features(entity_df=entity.copy(), features=service).to_df()
+    assert len(out) == len(entity)
+    return time.perf_counter() - t
+
+
+# ---- main -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="Small sizes (minutes, not tens of minutes).")
+    ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--days", type=int, default=None)
+    ap.add_argument("--no-feast-default", action="store_true", help="Skip Feast's default local engine (slow).")
+    args = ap.parse_args(argv)
+    users = args.users or (10_000 if args.quick else 100_000)
+    days = args.days or (5 if args.quick else 30)
+    hist_rows = 10_000 if args.quick else 100_000
+    reps1, reps100 = (500, 200) if args.quick else (2000, 500)
+
+    from persona.config import load_settings
+    from spark_jobs.session import get_spark
+
+    work = Path(tempfile.mkdtemp(prefix="persona-bench-serving-"))
+    result: dict = {"users": users, "days": days, "quick": args.quick,
+                    "machine": f"{os.cpu_count()} cores", "started": dt.datetime.now().isoformat(timespec="seconds")}
+    try:
+        base = load_settings(home=work / "home", environ={"PERSONA__SPARK__MASTER": "local[2]"})
+        spark = get_spark(base)
+        last_day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+        t = time.perf_counter()
+        synth_tables(spark, base, users, days, last_day)
+        log(f"tables: {users} users x {days} days in {time.perf_counter() - t:.1f}s")
+        with redis_server(work) as (conn, rclient):
+            from persona import serving
+
+            mat, s = bench_materialize(spark, base, work, conn, rclient, users, last_day,
+                                       feast_default=not args.no_feast_default)
+            result.update(mat)
+            fs = serving.get_store(s).get_feature_service("recommender_v1")
+            result["features"] = sum(len(p.features) for p in fs.feature_view_projections)
+            result.update(bench_online(s, rclient, users, reps1, reps100))
+            result.update(bench_http(s, users, reps1, fast=True))
+            result.update(bench_http(s, users, reps1, fast=False))
+            result.update(bench_historical(spark, s, users, days, hist_rows, last_day, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["targets"] = {
+        "materialize_to_raw_ratio >= 0.5": result.get("materialize_to_raw_ratio", 0) >= 0.5,
+        "online_p99_ms_1 <= 1": result.get("online_p99_ms_1", 1e9) <= 1,
+        "online_p99_ms_100 <= 10": result.get("online_p99_ms_100", 1e9) <= 10,
+        "http_p99_ms_1 <= 3": result.get("http_p99_ms_1", 1e9) <= 3,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
+    _print(result)
+    return result
+
+
+def _print(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"bench.serving: {r['users']:,} users x {r['days']} days, {r.get('features')} features "
+                    f"({r.get('redis_fields_per_user')} Redis fields/user)")
+    t.add_column("metric")
+    t.add_column("persona", justify="right")
+    t.add_column("beside", justify="right")
+    t.add_column("what beside is")
+    t.add_row("materialize rows/s (1 day)", f"{r['materialize_rows_per_s']:,.0f}", f"{r['raw_redis_rows_per_s']:,.0f}",
+              "raw pipelined HSET, same bytes")
+    t.add_row("materialize_to_raw_ratio", f"{r['materialize_to_raw_ratio']:.2f}", "0.50", "target")
+    t.add_row("", "", f"{r['feast_spark_engine_rows_per_s']:,.0f}", "Feast spark.engine + skip_dedup")
+    if "feast_default_rows_per_s" in r:
+        t.add_row("", "", f"{r['feast_default_rows_per_s']:,.0f}", "Feast defaults (local engine)")
+    for n in (1, 100):
+        t.add_row(f"online SDK {n} user(s) p50 / p99 ms",
+                  f"{r[f'online_p50_ms_{n}']:.2f} / {r[f'online_p99_ms_{n}']:.2f}",
+                  f"{r[f'feast_default_online_p50_ms_{n}']:.2f} / {r[f'feast_default_online_p99_ms_{n}']:.2f}",
+                  "Feast stock Redis store")
+        t.add_row("", "", f"{r[f'raw_hgetall_p50_ms_{n}']:.2f} / {r[f'raw_hgetall_p99_ms_{n}']:.2f}",
+                  "raw HGETALL (pipelined)")
+    t.add_row("HTTP 1 user p50 / p99 ms", f"{r['http_p50_ms_1']:.2f} / {r['http_p99_ms_1']:.2f}",
+              f"{r['feast_default_http_p50_ms_1']:.2f} / {r['feast_default_http_p99_ms_1']:.2f}",
+              "feature server on Feast's stock store")
+    t.add_row(f"training set, {r['historical_rows']:,} rows (s)", f"{r['historical_s_100k']:.1f}",
+              str(r.get("duckdb_historical_s_100k", r.get("duckdb_historical_error"))), "Feast DuckDB offline store")
+    Console().print(t)
+    for k, ok in r["targets"].items():
+        print(f"  target {k}: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from feast import Entity, FeatureService, FeatureView, Field
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.table_format import DeltaFormat
 from feast.types import Array, Float32, Float64, Int32, Int64, String
+from feast.value_type import ValueType
 
 _HOME = os.environ.get("PERSONA_HOME") or str(Path(__file__).resolve().parent.parent / ".persona")
 WAREHOUSE = (os.environ.get("PERSONA__WAREHOUSE") or f"{Path(_HOME).resolve()}/warehouse").rstrip("/")
@@ -32,6 +33,7 @@ OWNER = "profiles-team@persona"
 user = Entity(
     name="user",
     join_keys=["user_id"],
+    value_type=ValueType.STRING,
     description="A shopper, keyed by the (optionally pseudonymised) user id of the events.",
     owner=OWNER,
 )

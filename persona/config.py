@@ -145,6 +145,9 @@ class FeastSettings(_Section):
     pipeline_rows: int = 500
     # How long a serving process trusts its cached registry before re-reading it.
     registry_cache_ttl_s: int = 60
+    # Redis reads through persona.feast_online (same data and responses as Feast's
+    # redis store, less Python per value); false: Feast's own RedisOnlineStore.
+    fast_reads: bool = True
 
 
 class SqlSettings(_Section):

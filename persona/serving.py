@@ -70,7 +70,8 @@ def _online_config(settings: "Settings") -> dict:
     if f.online_store == "redis":
         # skip_dedup: materialization writes the latest row per user once, in event-time
         # order per key, so Feast's read-before-write timestamp check is pure overhead.
-        return {"type": "redis", "connection_string": f.redis_connection, "skip_dedup": True}
+        kind = "persona.feast_online.PersonaRedisOnlineStore" if f.fast_reads else "redis"
+        return {"type": kind, "connection_string": f.redis_connection, "skip_dedup": True}
     return {"type": "sqlite", "path": str(feast_dir(settings) / "online_store.db")}
 
 
@@ -334,16 +335,38 @@ def parse_when(text: str | None, end_of_day: bool = False) -> dt.datetime | None
 
 
 def latest_snapshot(settings: "Settings", spark: "SparkSession") -> dt.datetime | None:
-    """The newest ``event_timestamp`` over the serving tables (None when all are empty)."""
-    from pyspark.sql import functions as F
+    """The newest ``event_timestamp`` over the serving tables (None when all are empty).
 
+    Read from the Delta log's file statistics (delta-rs, milliseconds, no Spark job);
+    rounded up to the end of that millisecond. Falls back to a Spark aggregate.
+    """
     latest = None
     for table in VIEW_TABLES.values():
-        row = spark.read.format("delta").load(settings.table(table)).agg(F.max("event_timestamp")).first()
-        if row and row[0] is not None:
-            ts = _utc(row[0])
+        ts = _latest_from_log(settings.table(table))
+        if ts is None:
+            from pyspark.sql import functions as F
+
+            row = spark.read.format("delta").load(settings.table(table)).agg(F.max("event_timestamp")).first()
+            ts = _utc(row[0]) if row and row[0] is not None else None
+        if ts is not None:
             latest = ts if latest is None else max(latest, ts)
     return latest
+
+
+def _latest_from_log(path: str) -> dt.datetime | None:
+    try:
+        import pyarrow.compute as pc
+        from deltalake import DeltaTable
+
+        adds = DeltaTable(path).get_add_actions(flatten=True)
+        if adds.num_rows == 0 or "max.event_timestamp" not in adds.schema.names:
+            return None
+        value = pc.max(adds.column("max.event_timestamp")).as_py()
+    except Exception:  # unsupported reader feature, remote store without credentials...
+        return None
+    if value is None:
+        return None
+    return _utc(value) + dt.timedelta(microseconds=999)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,259 @@
+"""Feast over persona's Delta tables: point-in-time correctness offline, and online ==
+offline after materialize, on SQLite and on a real Redis.
+
+Planted data (dates relative to today, so incremental materialization behaves as in
+production): snapshot k of user i carries the value 100*k + i in every count, in the
+embedding and the profile vector, so any leak from a later snapshot is visible.
+One Spark session (conftest), one set of tiny tables, one store per online backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TODAY = dt.datetime.now(dt.timezone.utc).date()
+# snapshot index -> as_of_date. D0 is older than the 30-day ttl relative to D3.
+DAYS = {0: TODAY - dt.timedelta(days=45), 1: TODAY - dt.timedelta(days=10),
+        2: TODAY - dt.timedelta(days=6), 3: TODAY - dt.timedelta(days=1)}
+# user -> the snapshots it appears in
+USERS = {"u1": [1, 2, 3], "u2": [1, 2, 3], "u3": [2, 3], "u4": [1], "u5": [0]}
+UIDX = {u: i + 1 for i, u in enumerate(USERS)}
+
+
+def end_of(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)
+
+
+def planted(k: int, user: str) -> int:
+    return 100 * k + UIDX[user]
+
+
+def write_snapshot(spark, settings, k: int, users: list[str]) -> None:
+    """One as_of_date partition of all three tables, values planted from (k, user)."""
+    from spark_jobs.delta_io import replace_where
+    from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS, USER_PROFILES
+
+    day = DAYS[k]
+    ev = end_of(day)  # aware UTC: PySpark converts it exactly
+    base = dict(as_of_date=day, event_timestamp=ev, created_timestamp=ev + dt.timedelta(hours=3))
+    beh, emb, prof = [], [], []
+    for u in users:
+        v = planted(k, u)
+        row = dict(base, user_id=u, days_since_last_event=v, days_since_last_purchase=None if u == "u2" else v,
+                   top_categories_30d=[f"c{v}", f"c{v + 1}"])
+        for f in USER_BEHAVIOUR.fields:
+            if f.name not in row:
+                row[f.name] = v if f.dataType.typeName() == "long" else v + 0.25
+        beh.append(row)
+        emb.append(dict(base, user_id=u, user_emb=[float(v), float(k), 0.5], encoder_version=f"enc-{k}"))
+        prof.append(dict(base, user_id=u, profile_vec=[float(v), -1.5], segment_id=v,
+                         fusion_version=f"fuse-{k}", encoder_version=f"enc-{k}"))
+    for name, rows, schema in (("silver.user_behaviour", beh, USER_BEHAVIOUR),
+                               ("gold.user_embeddings", emb, USER_EMBEDDINGS),
+                               ("gold.user_profiles", prof, USER_PROFILES)):
+        df = spark.createDataFrame([tuple(r[f.name] for f in schema.fields) for r in rows], schema)
+        replace_where(df, settings.table(name), schema, "as_of_date", day, day)
+
+
+@pytest.fixture(scope="module")
+def tables(spark, module_settings):
+    for k in sorted(DAYS):
+        write_snapshot(spark, module_settings, k, [u for u, ks in USERS.items() if k in ks])
+    return module_settings
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(spark, tables):
+    from persona import serving
+
+    applied = serving.apply(tables, spark)
+    first = serving.materialize(tables, spark=spark, show_progress=False)
+    return tables, applied, first
+
+
+def latest_rows(spark, settings) -> dict:
+    """user -> {feature: value} from the newest snapshot of each table (pure Spark)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    out: dict = {}
+    for table in ("silver.user_behaviour", "gold.user_embeddings", "gold.user_profiles"):
+        df = spark.read.format("delta").load(settings.table(table))
+        w = Window.partitionBy("user_id").orderBy(F.col("event_timestamp").desc(), F.col("created_timestamp").desc())
+        latest = df.withColumn("_r", F.row_number().over(w)).filter("_r = 1").drop("_r")
+        for row in latest.collect():
+            d = row.asDict()
+            for k in ("as_of_date", "event_timestamp", "created_timestamp"):
+                d.pop(k)
+            if table == "gold.user_profiles":
+                d.pop("encoder_version")  # served from the embedding view
+            out.setdefault(d.pop("user_id"), {}).update(d)
+    return out
+
+
+def assert_online_equals_offline(settings, spark, expired=("u5",)):
+    from persona import serving
+
+    latest = latest_rows(spark, settings)
+    users = sorted(latest) + ["nobody"]
+    online = {r["user_id"]: r for r in serving.get_online(settings, users)}
+    for user in users:
+        row = online[user]
+        if user == "nobody" or user in expired:
+            assert serving.missing(row), user  # unknown / older than ttl: nulls
+            continue
+        want = latest[user]
+        got = {k: v for k, v in row.items() if k != "user_id"}
+        assert got.keys() == want.keys(), user
+        for name, value in want.items():
+            assert got[name] == value, (user, name, got[name], value)
+
+
+# ---- SQLite --------------------------------------------------------------------------
+def test_apply_registers_views_and_services(sqlite_store):
+    _, applied, _ = sqlite_store
+    assert applied["views"] == ["user_behaviour", "user_embedding", "user_profile"]
+    assert applied["services"] == ["ranking_light_v1", "recommender_v1"]
+    assert applied["online_store"] == "sqlite"
+
+
+def test_first_materialize_loads_users_within_ttl(sqlite_store):
+    _, _, first = sqlite_store
+    assert first["mode"] == "incremental"
+    # u5's only snapshot is 45 days old: outside the 30-day ttl of the newest snapshot.
+    assert first["views"] == {"user_behaviour": 4, "user_embedding": 4, "user_profile": 4}
+
+
+def test_online_equals_offline_sqlite(spark, sqlite_store):
+    settings, _, _ = sqlite_store
+    assert_online_equals_offline(settings, spark)
+
+
+def test_point_in_time_training_set(spark, sqlite_store, tmp_path):
+    """Each entity row gets the latest snapshot at or before its stamp, within ttl."""
+    import pandas as pd
+
+    from persona import serving
+
+    settings, _, _ = sqlite_store
+    second = dt.timedelta(seconds=1)
+    cases = [  # (user, stamp, expected snapshot or None)
+        ("u1", end_of(DAYS[1]) - dt.timedelta(hours=12), None),  # D1 not over yet: no leak
+        ("u1", end_of(DAYS[1]), 1),                              # exactly at the stamp
+        ("u1", end_of(DAYS[1]) + second, 1),
+        ("u1", end_of(DAYS[2]) - second, 1),                     # D2 exists, but later
+        ("u1", end_of(DAYS[2]), 2),
+        ("u2", end_of(DAYS[3]) - dt.timedelta(days=1), 2),
+        ("u3", end_of(DAYS[1]) + second, None),                  # u3 starts at D2
+        ("u3", end_of(DAYS[3]) + dt.timedelta(days=29), 3),     # within the 30-day ttl
+        ("u2", end_of(DAYS[3]) + dt.timedelta(days=31), None),  # beyond ttl: nulls
+        ("u4", end_of(DAYS[3]), 1),                              # last seen D1, 9 days back
+        ("u5", end_of(DAYS[0]) + dt.timedelta(days=2), 0),
+        ("nobody", end_of(DAYS[3]), None),
+    ]
+    entities = pd.DataFrame({"user_id": [c[0] for c in cases],
+                             "event_timestamp": [c[1] for c in cases],
+                             "row_id": list(range(len(cases)))})
+    path = tmp_path / "entities.parquet"
+    entities.to_parquet(path, coerce_timestamps="us", allow_truncated_timestamps=True)
+    out = tmp_path / "train"
+    summary = serving.training_set(settings, str(path), str(out), spark=spark)
+    assert summary["rows"] == len(cases)
+    got = {r["row_id"]: r for r in spark.read.parquet(str(out)).collect()}
+    for i, (user, stamp, k) in enumerate(cases):
+        row = got[i]
+        if k is None:
+            assert row["views_7d"] is None and row["user_emb"] is None and row["segment_id"] is None, (user, stamp)
+            continue
+        v = planted(k, user)
+        assert row["views_7d"] == v, (user, stamp, row["views_7d"], v)
+        assert row["days_since_last_purchase"] == (None if user == "u2" else v)
+        assert row["user_emb"] == [float(v), float(k), 0.5]
+        assert row["profile_vec"] == [float(v), -1.5] and row["segment_id"] == v
+        assert row["encoder_version"] == f"enc-{k}" and row["fusion_version"] == f"fuse-{k}"
+
+
+def test_feast_session_setting_is_restored(spark, sqlite_store):
+    # Feast's Spark store flips this on the shared session; persona puts it back.
+    assert spark.conf.get("spark.sql.parser.quotedRegexColumnNames", "false") == "false"
+
+
+def test_incremental_picks_up_a_new_day(spark, sqlite_store):
+    """A snapshot stamped after the last run (today, end of day) arrives incrementally."""
+    from persona import serving
+
+    settings, _, _ = sqlite_store
+    DAYS[4] = TODAY
+    write_snapshot(spark, settings, 4, ["u1"])
+    again = serving.materialize(settings, spark=spark, show_progress=False)
+    assert again["mode"] == "incremental"
+    assert again["views"] == {"user_behaviour": 1, "user_embedding": 1, "user_profile": 1}
+    row = serving.get_online(settings, ["u1"])[0]
+    assert row["views_7d"] == planted(4, "u1") and row["segment_id"] == planted(4, "u1")
+    assert_online_equals_offline(settings, spark)
+
+
+# ---- Redis ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
+    """Another home (own registry) over the same warehouse, online store = real Redis."""
+    from persona import serving
+    from persona.config import load_settings
+
+    s = load_settings(home=tmp_path_factory.mktemp("redis-home"), environ={
+        "PERSONA__SPARK__MASTER": "local[2]",
+        "PERSONA__WAREHOUSE": tables.warehouse_root,
+        "PERSONA__FEAST__ONLINE_STORE": "redis",
+        "PERSONA__FEAST__REDIS_CONNECTION": redis_server,
+    })
+    serving.apply(s, spark)
+    summary = serving.materialize(s, spark=spark, show_progress=False)
+    return s, summary
+
+
+def test_online_equals_offline_redis(spark, redis_settings):
+    settings, summary = redis_settings
+    assert summary["engine"] == "persona"
+    assert summary["views"]["user_behaviour"] == 4  # u1..u4 (u5 beyond ttl)
+    assert_online_equals_offline(settings, spark)
+
+
+def test_stock_feast_reads_what_persona_wrote(redis_settings):
+    """Feast's own RedisOnlineStore (type: redis) returns exactly what persona's store
+    returns, for every user, both services, short and full feature names."""
+    from feast import FeatureStore, RepoConfig
+
+    from persona import serving
+
+    settings, _ = redis_settings
+    ours = serving.get_store(settings)
+    stock_cfg = serving.config_dict(settings)
+    stock_cfg["online_store"]["type"] = "redis"
+    stock = FeatureStore(repo_path=str(serving.REPO_DIR), config=RepoConfig(repo_path=serving.REPO_DIR, **stock_cfg))
+    assert type(ours._get_provider().online_store).__name__ == "PersonaRedisOnlineStore"
+    assert type(stock._get_provider().online_store).__name__ == "RedisOnlineStore"
+    rows = [{"user_id": u} for u in ("u1", "u2", "nobody", "u3", "u1", "u4", "u5")]
+    for service in ("recommender_v1", "ranking_light_v1"):
+        for full in (False, True):
+            a = ours.get_online_features(ours.get_feature_service(service), rows, full_feature_names=full)
+            b = stock.get_online_features(stock.get_feature_service(service), rows, full_feature_names=full)
+            assert a.proto.SerializeToString(deterministic=True) == b.proto.SerializeToString(deterministic=True)
+            assert a.to_dict() == b.to_dict()
+            assert a.to_dict(include_event_timestamps=True) == b.to_dict(include_event_timestamps=True)
+
+
+def test_redis_down_is_one_clear_error(tables, spark):
+    from persona import serving
+    from persona.config import load_settings
+    from persona.errors import ServiceError
+
+    s = load_settings(home=tables.home, environ={
+        "PERSONA__FEAST__ONLINE_STORE": "redis", "PERSONA__FEAST__REDIS_CONNECTION": "127.0.0.1:1"})
+    with pytest.raises(ServiceError, match="Redis online store at 127.0.0.1:1 is unreachable"):
+        serving.get_online(s, ["u1"])
+    with pytest.raises(ServiceError):
+        serving.materialize(s, spark=spark, show_progress=False)
