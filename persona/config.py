@@ -155,6 +155,18 @@ class SqlSettings(_Section):
     thrift_host: str = "127.0.0.1"
 
 
+class MaintenanceSettings(_Section):
+    # `persona maintain` VACUUMs files no table version younger than this still needs
+    # (Delta's own default, delta.deletedFileRetentionDuration, is 168 h = 7 days).
+    # Time travel reaches back this far; below 168 h concurrent readers may fail.
+    vacuum_retention_hours: int = Field(default=168, ge=0)
+    # Behaviour/sequence/embedding/profile snapshots older than this many days before
+    # each table's newest as_of_date are deleted; 0 keeps every snapshot.
+    snapshot_retention_days: int = Field(default=0, ge=0)
+    # OPTIMIZE only tables with at least this many data files (fewer: nothing to compact).
+    optimize_min_files: int = Field(default=2, ge=1)
+
+
 class Settings(_Section):
     home: Path = Path(DEFAULT_HOME)
     # Empty: <home>/warehouse. Set to an object-store URI to keep tables remote.
@@ -166,6 +178,7 @@ class Settings(_Section):
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     @field_validator("home", mode="before")
     @classmethod
