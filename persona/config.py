@@ -118,6 +118,8 @@ class FusionSettings(_Section):
     min_segments: int = 2
     max_segments: int = 8
     seed: int = 7
+    # BisectingKMeans iterations per split (Spark runs all of them: one job each).
+    max_iter: int = 20
     # "Never purchased" is not missing at random: it means "long ago", not "typical".
     never_days: int = 365
     # Silhouette-based choice of the segment count runs on at most this many rows.

@@ -236,11 +236,12 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
 
     features = behaviour_features()
     logs = log1p_features()
-    dims = [r[0] for r in df.select(F.size("user_emb").alias("d")).distinct().collect()]
+    kinds = df.select(F.size("user_emb").alias("d"), "encoder_version").distinct().collect()
+    dims = sorted({r["d"] for r in kinds})
     if len(dims) != 1 or dims[0] <= 0:
-        raise InputError(f"embeddings on {as_of} have inconsistent sizes {sorted(dims)}; re-run `persona embed`")
+        raise InputError(f"embeddings on {as_of} have inconsistent sizes {dims}; re-run `persona embed`")
     emb_dim = int(dims[0])
-    encoders = sorted(r[0] for r in df.select("encoder_version").distinct().collect())
+    encoders = sorted({r["encoder_version"] for r in kinds})
     if len(encoders) != 1:
         raise InputError(f"embeddings on {as_of} come from several encoder versions {encoders}; re-run `persona embed`")
 
@@ -295,7 +296,9 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
             for n in range(max(2, fusion.min_segments), max(2, fusion.max_segments) + 1):
                 if n >= n_sample:
                     break
-                bkm = BisectingKMeans(k=n, seed=fusion.seed, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT).fit(sample)
+                bkm = BisectingKMeans(
+                    k=n, seed=fusion.seed, maxIter=fusion.max_iter, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT
+                ).fit(sample)
                 if len(bkm.clusterCenters()) < 2:
                     continue
                 by_n[n] = float(evaluator.evaluate(bkm.transform(sample)))
@@ -306,7 +309,9 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
             best_n = max(by_n, key=lambda n: (round(by_n[n], 12), -n))
             bkm = fitted[best_n]
             if sample is not scored:
-                bkm = BisectingKMeans(k=best_n, seed=fusion.seed, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT).fit(scored)
+                bkm = BisectingKMeans(
+                    k=best_n, seed=fusion.seed, maxIter=fusion.max_iter, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT
+                ).fit(scored)
                 sample.unpersist()
         finally:
             scored.unpersist()
@@ -337,6 +342,7 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
         "fitted_rows": n_rows,
         "encoder_version": encoders[0],
         "seed": fusion.seed,
+        "max_iter": fusion.max_iter,
         "spark_version": spark.version,
     }
     return model, metrics
@@ -540,7 +546,8 @@ def export_profiles(spark: SparkSession, settings, fmt: str, out, as_of=None) ->
         # the driver's memory out of it (no toPandas).
         writer = frame.coalesce(1).write.mode("overwrite")
         if fmt == "csv":
-            writer.option("header", "true").csv(str(tmp))
+            # RFC 4180 quoting (doubled quotes), which pandas, DuckDB and spreadsheets read.
+            writer.option("header", "true").option("escape", '"').csv(str(tmp))
         elif fmt == "json":
             writer.option("ignoreNullFields", "false").json(str(tmp))
         else:

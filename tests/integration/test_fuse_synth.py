@@ -131,6 +131,40 @@ def write_inputs(spark, settings, n_per_group: int = 120, days=(DAY1, DAY2)) -> 
     return users
 
 
+# One fused home per test run, shared by test_fuse_pipeline and test_report_render
+# (this module is imported once, so the dict outlives both modules). Tests that change
+# the home (refit) copy it first.
+_BUILT: dict = {}
+TEST_ENV = {
+    "PERSONA__SPARK__MASTER": "local[2]",
+    "PERSONA__SPARK__SHUFFLE_PARTITIONS": "4",
+    # Four planted groups: a range around it keeps the silhouette search honest and short.
+    "PERSONA__FUSION__MAX_SEGMENTS": "5",
+    # Spark's BisectingKMeans always runs every iteration (one job each); these clusters
+    # converge in a few, and the suite has a time budget.
+    "PERSONA__FUSION__MAX_ITER": "8",
+}
+
+
+def make_settings(home):
+    from persona.config import load_settings
+
+    return load_settings(home=home, environ=TEST_ENV)
+
+
+def fused_home(spark, tmp_path_factory) -> dict:
+    """Inputs for DAY1 and DAY2, fused with one fitted version (v1): built once per run."""
+    if not _BUILT:
+        from spark_jobs.fuse import run_fuse
+
+        settings = make_settings(tmp_path_factory.mktemp("fuse-home"))
+        users = write_inputs(spark, settings)
+        day1 = run_fuse(spark, settings, as_of=DAY1)
+        day2 = run_fuse(spark, settings)  # default: the latest day, applying v1
+        _BUILT.update(settings=settings, users=users, day1=day1, day2=day2)
+    return _BUILT
+
+
 def test_synthetic_rows_match_the_schemas():
     """The generator itself: tuples line up with the schemas (a broken generator would
     make every fusion test meaningless)."""
