@@ -56,6 +56,7 @@ class _Job(MaterializationJob):
     _error: Optional[BaseException] = None
     rows: int = 0
     seconds: float = 0.0
+    view: str = ""
 
     def status(self) -> MaterializationJobStatus:
         return self._status
@@ -73,7 +74,7 @@ class _Job(MaterializationJob):
         return None
 
 
-# The last materialization's per-view results, for callers that want row counts.
+# Per-view results of this process's materializations (persona.serving clears it per run).
 LAST_RUN: list[_Job] = []
 
 
@@ -100,7 +101,6 @@ class PersonaSparkEngine(ComputeEngine):
         if isinstance(tasks, MaterializationTask):
             tasks = [tasks]
         jobs = []
-        LAST_RUN.clear()
         for task in tasks:
             start = time.perf_counter()
             job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
@@ -110,6 +110,7 @@ class PersonaSparkEngine(ComputeEngine):
             except BaseException as exc:  # Feast re-raises the first error after rollback
                 job = _Job(job_id, MaterializationJobStatus.ERROR, exc)
             job.seconds = time.perf_counter() - start
+            job.view = task.feature_view.name
             jobs.append(job)
             LAST_RUN.append(job)
         return jobs

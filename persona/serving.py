@@ -26,9 +26,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+import warnings
+
 import yaml
 
 from persona.errors import InputError, NotBuiltError, PersonaError, ServiceError
+
+# Feast repeats these on every Spark call; persona pins the versions it tested (README).
+warnings.filterwarnings("ignore", message=r"The spark (offline store|data source API) is an experimental",
+                        category=RuntimeWarning)
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -79,9 +85,16 @@ def config_dict(settings: "Settings", engine: str | None = None) -> dict:
     """The Feast configuration for ``settings``, as the dict a feature_store.yaml holds."""
     from spark_jobs.session import spark_conf
 
+    from spark_jobs.jars import JarsMissing
+
     f = settings.feast
     if engine is None:
         engine = f.batch_engine
+    try:
+        offline_conf = spark_conf(settings)
+    except JarsMissing:
+        # Online reads and the HTTP server need no Spark; jobs that do fail clearly later.
+        offline_conf = {}
     if engine == "persona":
         batch_engine: dict = {"type": ENGINE, "write_partitions": f.write_partitions,
                               "pipeline_rows": f.pipeline_rows}
@@ -94,7 +107,7 @@ def config_dict(settings: "Settings", engine: str | None = None) -> dict:
         "provider": "local",
         "registry": _registry_config(settings),
         "online_store": _online_config(settings),
-        "offline_store": {"type": "spark", "spark_conf": spark_conf(settings)},
+        "offline_store": {"type": "spark", "spark_conf": offline_conf},
         "batch_engine": batch_engine,
         "materialization": {"online_write_batch_size": 10_000},
         "entity_key_serialization_version": 3,
@@ -134,6 +147,27 @@ def get_store(settings: "Settings", engine: str | None = None, fresh: bool = Fal
             feast_dir(settings).mkdir(parents=True, exist_ok=True)
             _STORES[key] = FeatureStore(repo_path=str(REPO_DIR), config=repo_config(settings, engine))
         return _STORES[key]
+
+
+def require_registry(settings: "Settings") -> None:
+    """NotBuiltError unless ``persona apply`` has written a (file) registry."""
+    if not settings.feast.registry_url and not (feast_dir(settings) / "registry.db").is_file():
+        raise NotBuiltError(f"no Feast registry under {feast_dir(settings)} (run `persona apply` first)")
+
+
+def feature_service(settings: "Settings", name: str):
+    """The registered feature service ``name``; a one-line error naming the known ones."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    require_registry(settings)
+    store = get_store(settings)
+    try:
+        return store.get_feature_service(name, allow_cache=True)
+    except FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        if not known:
+            raise NotBuiltError("no feature services registered (run `persona apply` first)") from None
+        raise InputError(f"unknown feature service {name!r} (registered: {', '.join(known)})") from None
 
 
 # ---- errors -------------------------------------------------------------------------
@@ -422,6 +456,7 @@ def materialize(
 
     from persona import feast_engine
 
+    require_registry(settings)
     session = _spark(settings, spark)
     _require_tables(settings, session)
     check_online_store(settings)
@@ -433,6 +468,7 @@ def materialize(
     if start_ts is not None and start_ts > end_ts:
         raise InputError(f"--start {start_ts.isoformat()} is after --end {end_ts.isoformat()}")
     ttl = dt.timedelta(days=settings.feast.ttl_days)
+    feast_engine.LAST_RUN.clear()
     t0 = time.perf_counter()
     with _user_errors(settings), _feast_spark(session), _progress(show_progress) as rows, \
             contextlib.redirect_stdout(sys.stderr):  # Feast prints; keep stdout for results
@@ -456,7 +492,7 @@ def materialize(
                 store.materialize_incremental(end_ts, feature_views=seen)
     seconds = time.perf_counter() - t0
     if not rows and feast_engine.LAST_RUN:
-        rows.update({j.job_id().split("-", 1)[0]: j.rows for j in feast_engine.LAST_RUN})
+        rows.update({j.view: j.rows for j in feast_engine.LAST_RUN})
     total = sum(rows.values()) if rows else None
     return {
         "mode": mode,
@@ -482,7 +518,7 @@ def get_online(settings: "Settings", users: Sequence[str], service: str = DEFAUL
         return []
     store = get_store(settings)
     with _user_errors(settings):
-        fs = store.get_feature_service(service, allow_cache=True)
+        fs = feature_service(settings, service)
         columns = store.get_online_features(
             features=fs, entity_rows=[{ENTITY: str(u)} for u in users]
         ).to_dict()
@@ -541,7 +577,7 @@ def historical(
     if not isinstance(entities, _spark_df_type()):
         entities = session.createDataFrame(entities)
     with _user_errors(settings), _feast_spark(session):
-        fs = store.get_feature_service(service, allow_cache=True)
+        fs = feature_service(settings, service)
         job = store.get_historical_features(entity_df=entities, features=fs, full_feature_names=False)
         return job.to_spark_df()
 
@@ -590,10 +626,12 @@ def training_set(
 # ---- HTTP ---------------------------------------------------------------------------
 def serve(settings: "Settings", port: int | None = None, host: str | None = None) -> None:
     """Feast's HTTP feature server (``POST /get-online-features``) on loopback; blocks."""
+    require_registry(settings)
     check_online_store(settings)
     store = get_store(settings)
     with _user_errors(settings):
-        store.list_feature_services()  # fail now, not on the first request, if not applied
+        if not store.list_feature_services():  # fail now, not on the first request
+            raise NotBuiltError("no feature services registered (run `persona apply` first)")
         store.serve(
             host=host or settings.feast.server_host,
             port=port or settings.feast.server_port,

@@ -141,8 +141,14 @@ def training_set_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Point-in-time correct training set: each entity row gets the latest snapshot at or before its timestamp (within ttl)."""
-    from persona import serving
+    from pathlib import Path
 
+    from persona import serving
+    from persona.errors import InputError
+
+    if not Path(entities).exists():  # before paying for a Spark session
+        raise InputError(f"entity file not found: {entities}")
+    serving.require_registry(settings())
     with stage(f"training set for {entities}"):
         summary = serving.training_set(settings(), entities, out_path, service, spark())
     if as_json:
