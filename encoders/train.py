@@ -149,6 +149,7 @@ def train(
         # Mean over the weighted (real) targets, so the loss reads as cross-entropy per event.
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
         weighted_metrics=[],
+        jit_compile=False,  # XLA made the masked GRU slower here (and breaks determinism)
     )
     initial_loss = float(encoder.trainer.evaluate(x_train, y_train, sample_weight=w_train,
                                                   batch_size=params.batch_size, verbose=0))

@@ -106,6 +106,8 @@ class EncoderSettings(_Section):
     dropout: float = 0.1
     # Weight of the event k steps before the last in the "recent mix" feature: decay**k.
     recent_decay: float = 0.8
+    # Learnt repeat score from the user's own category counts in the training head.
+    repeat_scores: bool = True
     # Rows per Arrow batch handed to the embed UDF (0: the session's setting), and rows
     # per TensorFlow call inside it.
     arrow_batch_size: int = 10_000

@@ -221,6 +221,7 @@ def train(spark: SparkSession, settings, as_of=None, log=None) -> dict:
         "path": str(result.path),
         "as_of": data_range["as_of"],
         "users": result.metrics["data"]["users"],
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.items()},
+        "evaluated_users": ev["users"],
+        **{k: round(v, 4) for k, v in ev.items() if k != "users"},
         "seconds": result.metrics["training"]["seconds"],
     }
