@@ -516,6 +516,16 @@ def embedded_engine(settings: "Settings") -> "sa.Engine":
     @sa.event.listens_for(engine, "connect")
     def _lock_down(dbapi_connection, _record):
         cur = dbapi_connection.cursor()
+        # DuckDB shares one database instance per file within a process: a second
+        # engine on the same catalog finds it already locked down (same digest, same
+        # allowed files), and cannot change anything anyway.
+        cur.execute("select current_setting('lock_configuration'), current_setting('enable_external_access')")
+        locked, external = cur.fetchone()
+        if locked:
+            cur.close()
+            if external:
+                raise ServiceError(f"DuckDB catalog {catalog.path} is open without its file-access lock")
+            return
         cur.execute("set TimeZone = 'UTC'")
         # Only the active files of each table (not vacuum-pending ones holding
         # forgotten users' rows), nothing else on disk, and no way to undo that.

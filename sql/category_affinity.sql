@@ -11,13 +11,18 @@ with top3 as (
     from silver.user_behaviour
 ),
 
+user_categories as (
+    select distinct as_of_date, user_id, category_id, top_1 = category_id as is_top_1
+    from top3
+),
+
 affinity as (
     select
         as_of_date,
         category_id,
-        count(distinct user_id) as users_top3,
-        count(distinct case when top_1 = category_id then user_id end) as users_top1
-    from top3
+        count(*) as users_top3,
+        sum(case when is_top_1 then 1 else 0 end) as users_top1
+    from user_categories
     group by as_of_date, category_id
 ),
 

@@ -16,30 +16,44 @@ days as (
     from dates
 ),
 
-count_values as (
-    select as_of_date, 'views_30d' as feature, cast(views_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'carts_30d' as feature, cast(carts_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'purchases_30d' as feature, cast(purchases_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'spend_30d' as feature, cast(spend_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'active_days_30d' as feature, cast(active_days_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'sessions_30d' as feature, cast(sessions_30d as double) as value from silver.user_behaviour
-    union all
-    select as_of_date, 'days_since_last_event' as feature, cast(days_since_last_event as double) as value from silver.user_behaviour
+features as (
+    select feature, kind
+    from values
+        ('views_30d', 'count'),
+        ('carts_30d', 'count'),
+        ('purchases_30d', 'count'),
+        ('spend_30d', 'count'),
+        ('active_days_30d', 'count'),
+        ('sessions_30d', 'count'),
+        ('days_since_last_event', 'count'),
+        ('cart_rate_30d', 'rate'),
+        ('purchase_rate_30d', 'rate'),
+        ('night_share_30d', 'rate'),
+        ('top_category_share_30d', 'rate')
+    as f (feature, kind)
 ),
 
-rate_values as (
-    select as_of_date, 'cart_rate_30d' as feature, cart_rate_30d as value from silver.user_behaviour
-    union all
-    select as_of_date, 'purchase_rate_30d' as feature, purchase_rate_30d as value from silver.user_behaviour
-    union all
-    select as_of_date, 'night_share_30d' as feature, night_share_30d as value from silver.user_behaviour
-    union all
-    select as_of_date, 'top_category_share_30d' as feature, top_category_share_30d as value from silver.user_behaviour
+feature_values as (
+    -- one scan of the table, one row per user per day per feature
+    select
+        b.as_of_date,
+        f.feature,
+        f.kind,
+        case f.feature
+            when 'views_30d' then cast(b.views_30d as double)
+            when 'carts_30d' then cast(b.carts_30d as double)
+            when 'purchases_30d' then cast(b.purchases_30d as double)
+            when 'spend_30d' then cast(b.spend_30d as double)
+            when 'active_days_30d' then cast(b.active_days_30d as double)
+            when 'sessions_30d' then cast(b.sessions_30d as double)
+            when 'days_since_last_event' then cast(b.days_since_last_event as double)
+            when 'cart_rate_30d' then cast(b.cart_rate_30d as double)
+            when 'purchase_rate_30d' then cast(b.purchase_rate_30d as double)
+            when 'night_share_30d' then cast(b.night_share_30d as double)
+            when 'top_category_share_30d' then cast(b.top_category_share_30d as double)
+        end as value
+    from silver.user_behaviour as b
+    cross join features as f
 ),
 
 binned as (
@@ -48,6 +62,8 @@ binned as (
         feature,
         case
             when value is null then -1
+            when kind = 'rate' then least(cast(floor(value * 10) as int), 9)
+            -- counts and money
             when value <= 0 then 0
             when value < 2 then 1
             when value < 4 then 2
@@ -60,16 +76,7 @@ binned as (
             when value < 512 then 9
             else 10
         end as bin
-    from count_values
-    union all
-    select
-        as_of_date,
-        feature,
-        case
-            when value is null then -1
-            else least(cast(floor(value * 10) as int), 9)
-        end as bin
-    from rate_values
+    from feature_values
 ),
 
 bin_counts as (
