@@ -22,7 +22,7 @@ from persona.progress import bar, console, out, stage
 
 @dataclass
 class DemoOptions:
-    users: int = 2_000
+    users: int = 1_000
     days: int = 40
     backfill_days: int = 30
     seed: int = 42
@@ -144,7 +144,9 @@ def _stage_show(ctx: DemoContext) -> str:
 
     out.rule("training set (point in time, Feast Spark offline store)")
     users = [r[0] for r in profiles.where(F.col("as_of_date") == F.lit(end)).orderBy("user_id").select("user_id").limit(3).collect()]
-    stamps = [dt.datetime.combine(end - dt.timedelta(days=d), dt.time(12), tzinfo=dt.timezone.utc) for d in (0, 1, 5)]
+    # One stamp after the last snapshot, one inside the last day (sees the day before),
+    # one a week back: a point-in-time join gives each the snapshot it could have seen.
+    stamps = [dt.datetime.combine(end + dt.timedelta(days=d), dt.time(6), tzinfo=dt.timezone.utc) for d in (1, 0, -6)]
     entities = pd.DataFrame([(u, t) for u in users for t in stamps], columns=["user_id", "event_timestamp"])
     hist = serving.historical(ctx.settings, entities, service="ranking_light_v1", spark=ctx.spark)
     cols = [c for c in hist.columns if c in ("user_id", "event_timestamp", "segment_id", "views_7d", "purchases_30d")]
@@ -154,7 +156,9 @@ def _stage_show(ctx: DemoContext) -> str:
     engine = analytics.embedded_engine(ctx.settings)
     res = analytics.run_view(engine, "segment_summary", limit=8)
     frame = pd.DataFrame(res.rows, columns=res.columns)
-    out.print(frame.to_string(index=False, max_colwidth=40))
+    keep = [c for c in ("segment_id", "as_of_date", "users", "user_share", "avg_views_30d", "avg_spend_30d",
+                        "top_category_1") if c in frame.columns]
+    out.print(frame[keep or frame.columns].to_string(index=False, max_colwidth=24))
     return f"user {user}; {len(hist.columns)} training-set columns; {len(res.rows)} SQL rows"
 
 

@@ -238,7 +238,10 @@ def with_event_ids(df: DataFrame) -> DataFrame:
     key_cols = ["source", "user_id", "item_id", "category_id", "event_type", "_raw_ts",
                 "_raw_price", "_raw_quantity", "session_id", "query", "brand"]
     content = F.sha2(F.concat_ws("\u241f", *[F.coalesce(F.col(c).cast("string"), F.lit("\u2400")) for c in key_cols]), 256)
-    w = Window.partitionBy("_file", "_content").orderBy(F.monotonically_increasing_id())
+    # Rows in one window are identical in every hashed field, so any order numbers them
+    # alike; ordering by the key itself keeps the plan deterministic, which lets Delta's
+    # MERGE skip re-materialising its source.
+    w = Window.partitionBy("_file", "_content").orderBy("_content")
     with_content = df.withColumn("_content", content)
     ordinal = F.row_number().over(w)
     derived = F.substring(F.sha2(F.concat_ws(":", F.col("_content"), ordinal.cast("string")), 256), 1, 32)

@@ -9,7 +9,7 @@ from persona.cli import app, settings, spark
 
 @app.command("demo")
 def demo(
-    users: int = typer.Option(2_000, "--users", help="Users in the generated log."),
+    users: int = typer.Option(1_000, "--users", help="Users in the generated log."),
     days: int = typer.Option(40, "--days", help="Days of generated history."),
     backfill_days: int = typer.Option(30, "--backfill-days", help="As-of days to build, ending at the latest complete day."),
     seed: int = typer.Option(42, "--seed", help="Generator seed (same seed, same log)."),
