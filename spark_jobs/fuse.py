@@ -17,9 +17,11 @@ Model:  one Spark ML ``PipelineModel`` per fusion version, saved at
           SQLTransformer + VectorAssembler: PCA scores plus a constant coordinate (why: ANCHOR)
           BisectingKMeans n segments chosen by silhouette over [min_segments, max_segments]
 
-Later days apply the latest saved version, so profile axes and segment ids stay
-comparable from day to day; ``refit=True`` fits and saves a new version. Nothing refits
-silently: a new encoder version or embedding size is an error asking for ``--refit``.
+Later days apply the latest saved version fitted on the same encoder version, so profile
+axes and segment ids stay comparable from day to day; ``refit=True`` fits and saves a
+new version. A day whose embeddings come from an encoder no fusion model was fitted on
+gets a new version, said so in the summary (``fit_reason``): there is nothing older
+that could be applied to a new embedding space.
 
 Feature list: spark_jobs/feature_dictionary.py (owned by the behaviour helper) did not
 exist when this was written, so the numeric behaviour features are derived here from the
@@ -182,9 +184,15 @@ def list_versions(settings) -> list[str]:
     return sorted(found, key=lambda v: int(v[1:]))
 
 
-def latest_version(settings) -> str | None:
-    versions = list_versions(settings)
-    return versions[-1] if versions else None
+def latest_version(settings, encoder_version: str | None = None) -> str | None:
+    """The newest saved version, or the newest fitted on ``encoder_version``'s embeddings."""
+    for version in reversed(list_versions(settings)):
+        if encoder_version is None:
+            return version
+        metrics = json.loads((settings.model_dir(MODEL_KIND, version) / "metrics.json").read_text())
+        if metrics.get("encoder_version") == encoder_version:
+            return version
+    return None
 
 
 def _next_version(settings) -> str:
@@ -358,7 +366,10 @@ def save_fusion(settings, model, metrics: dict) -> str:
     metrics = dict(metrics, version=version, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     os.replace(tmp, root / version)
-    _MODEL_CACHE.pop(str(root / version), None)
+    # The fitted object is what was saved (the reload test checks that): applying it
+    # directly spares reading eight stages back from disk.
+    final = root / version
+    _MODEL_CACHE[str(final)] = ((final / "metrics.json").stat().st_mtime_ns, model, metrics)
     return version
 
 
@@ -439,8 +450,11 @@ def check_compatible(df: DataFrame, metrics: dict, as_of: dt.date) -> None:
 def run_fuse(spark: SparkSession, settings, as_of=None, refit: bool = False) -> dict:
     """Fuse one day (default: the latest with behaviour and embeddings) into gold.user_profiles.
 
-    Applies the latest saved fusion version, fitting (and saving) one first when none
-    exists or ``refit`` is set. Re-running a day replaces that day only.
+    Applies the latest saved fusion version fitted on the same encoder version as the
+    day's embeddings. It fits (and saves) a new version first when ``refit`` is set or
+    when there is none for that encoder: a new encoder means a new embedding space, so
+    a fusion model fitted on another one cannot be applied; the summary's
+    ``fit_reason`` says which. Re-running a day replaces that day only.
     """
     t0 = time.perf_counter()
     day = resolve_as_of(as_of, input_dates(spark, settings), "behaviour+embeddings")
@@ -451,8 +465,19 @@ def run_fuse(spark: SparkSession, settings, as_of=None, refit: bool = False) -> 
         if users == 0:
             raise InputError(f"no user has both behaviour and an embedding on {day}; run `persona embed --as-of {day}`")
         behaviour_users = behaviour.where(F.col("as_of_date") == F.lit(day)).count()
-        version = None if refit else latest_version(settings)
+        encoders = sorted(r[0] for r in df.select("encoder_version").distinct().collect())
+        if len(encoders) != 1:
+            raise InputError(
+                f"embeddings on {day} come from several encoder versions {encoders}; re-run `persona embed --as-of {day}`"
+            )
+        version = None if refit else latest_version(settings, encoders[0])
         fitted = version is None
+        fit_reason = None
+        if refit:
+            fit_reason = "refit requested"
+        elif fitted:
+            fit_reason = ("no fusion model yet" if latest_version(settings) is None
+                          else f"no fusion model for encoder {encoders[0]} yet")
         fit_seconds = 0.0
         if fitted:
             t_fit = time.perf_counter()
@@ -476,6 +501,7 @@ def run_fuse(spark: SparkSession, settings, as_of=None, refit: bool = False) -> 
         "users_without_embedding": max(0, behaviour_users - users),
         "fusion_version": version,
         "fitted": fitted,
+        "fit_reason": fit_reason,
         "fit_seconds": round(fit_seconds, 2),
         "k": metrics["k"],
         "explained_variance": round(metrics["cumulative_explained_variance"], 4),

@@ -36,7 +36,7 @@ def fuse_cmd(
     day = _day(as_of)
     with stage("fuse"):
         summary = run_fuse(spark(), settings(), as_of=day, refit=refit)
-    verb = "fitted and applied" if summary["fitted"] else "applied"
+    verb = f"fitted ({summary['fit_reason']}) and applied" if summary["fitted"] else "applied"
     out.print(
         f"{summary['users']:,} profiles for {summary['as_of']}: fusion {summary['fusion_version']} {verb} "
         f"(k={summary['k']}, {summary['explained_variance']:.1%} variance, {summary['n_segments']} segments, "

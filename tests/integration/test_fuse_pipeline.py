@@ -56,6 +56,7 @@ def test_profiles_table_has_one_row_per_user_per_day(spark, built):
     row = table.select(F.size("profile_vec").alias("k"), "fusion_version", "encoder_version").distinct().collect()
     assert [(r.k, r.fusion_version, r.encoder_version) for r in row] == [(k, "v1", ENCODER)]
     assert built["day1"]["fitted"] is True and built["day2"]["fitted"] is False  # day 2 applied v1
+    assert built["day1"]["fit_reason"] == "no fusion model yet" and built["day2"]["fit_reason"] is None
     assert built["day2"]["as_of"] == DAY2.isoformat()  # default as-of: the latest
     assert fuse.list_versions(s) == ["v1"]
 
@@ -154,6 +155,7 @@ def test_refit_writes_a_new_version_with_the_same_segments_for_the_seed(spark, b
     shutil.copytree(src.home, s2.home)
     summary = fuse.run_fuse(spark, s2, as_of=DAY1, refit=True)
     assert summary["fitted"] is True and summary["fusion_version"] == "v2"
+    assert summary["fit_reason"] == "refit requested"
     assert fuse.list_versions(s2) == ["v1", "v2"] and fuse.latest_version(s2) == "v2"
     a, b = _profiles(spark, src, DAY1), _profiles(spark, s2, DAY1)
     assert set(b["fusion_version"]) == {"v2"}

@@ -155,3 +155,22 @@ def test_previous_date_and_key_features():
 def test_embedding_schema_is_what_fuse_reads():
     names = {f.name for f in USER_EMBEDDINGS.fields}
     assert {"user_id", "as_of_date", "user_emb", "encoder_version"} <= names
+
+
+def test_latest_version_per_encoder(tmp_path):
+    import json
+
+    from persona.config import load_settings
+
+    settings = load_settings(home=tmp_path, environ={})
+    assert fuse.latest_version(settings) is None
+    for version, encoder in (("v1", "e1"), ("v2", "e2"), ("v10", "e1")):
+        d = settings.model_dir("fusion", version)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"encoder_version": encoder}))
+    settings.model_dir("fusion", "v11").mkdir()  # no metrics.json: a half-written save
+    assert fuse.list_versions(settings) == ["v1", "v2", "v10"]  # numeric order
+    assert fuse.latest_version(settings) == "v10"
+    assert fuse.latest_version(settings, "e1") == "v10"
+    assert fuse.latest_version(settings, "e2") == "v2"
+    assert fuse.latest_version(settings, "e3") is None
