@@ -56,15 +56,23 @@ def resolve_model(settings, version: str | None = None) -> Path:
 
 
 # ---- the pure transform ---------------------------------------------------------------
-def _embed_batches(model_path: str, threads: int, chunk: int):
-    """The function each Python worker runs over its Arrow batches (as pandas)."""
+def _embed_batches(model_path: str, threads: int, chunk: int, shipped: str | None = None):
+    """The function each Python worker runs over its Arrow batches (as pandas).
+
+    ``shipped``: the name the model was shipped under (``SparkContext.addFile``); the
+    worker then loads its local copy instead of the driver's path."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from encoders import data, predict
 
         # Before the first TF op in this worker; a reused worker keeps both settings.
         predict.configure_threads(threads)
-        encoder = predict.load(model_path)
+        if shipped:
+            from pyspark import SparkFiles
+
+            encoder = predict.load(SparkFiles.get(shipped))
+        else:
+            encoder = predict.load(model_path)
         for pdf in batches:
             seqs = data.from_frame(pdf)
             emb = encoder(seqs.item_ids, seqs.category_ids, seqs.event_types, seqs.gap_seconds,
@@ -93,13 +101,34 @@ def embed_sequences(
     if min_partitions > 1 and df.rdd.getNumPartitions() < min_partitions:
         # One file for a day would otherwise mean one task, one busy core.
         df = df.repartition(min_partitions)
-    out = df.mapInPandas(_embed_batches(model_path, threads_per_task, chunk), UDF_SCHEMA)
+    shipped = ship_model(df.sparkSession, model_dir)
+    out = df.mapInPandas(_embed_batches(model_path, threads_per_task, chunk, shipped), UDF_SCHEMA)
     return out.select(
         *KEY_COLUMNS,
         F.current_timestamp().alias("created_timestamp"),
         "user_emb",
         F.lit(model_dir.name).alias("encoder_version"),
     )
+
+
+def ship_model(spark: SparkSession, model_dir: Path) -> str | None:
+    """On a cluster, send the model file to every executor (``addFile``) and return the
+    name workers fetch it by; None in local mode, where workers read the driver's path.
+    The name carries the version: one session may embed with several versions."""
+    if spark.sparkContext.master.startswith("local"):
+        return None
+    import shutil
+    import tempfile
+
+    name = f"encoder-{model_dir.name}.keras"
+    staged = Path(tempfile.gettempdir()) / "persona-models" / model_dir.name / name
+    if not staged.is_file():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staged.with_suffix(".tmp")
+        shutil.copyfile(model_dir / "model.keras", tmp)
+        tmp.replace(staged)
+    spark.sparkContext.addFile(str(staged))
+    return name
 
 
 # ---- jobs -----------------------------------------------------------------------------

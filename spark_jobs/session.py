@@ -86,4 +86,49 @@ def get_spark(settings: "Settings | None" = None) -> "SparkSession":
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
+    if not _is_local(settings.spark.master) and not conf.get("spark.submit.pyFiles"):
+        ship_code(spark)
     return spark
+
+
+# The packages executors import (UDFs, mapInPandas/mapInArrow functions, Feast encoders).
+SHIPPED_PACKAGES = ("persona", "spark_jobs", "encoders")
+
+
+def code_archive(directory: str | None = None) -> str:
+    """A zip of the project's Python packages, named by a hash of its content (so a
+    changed file never reuses a stale archive); built once per content."""
+    import hashlib
+    import importlib
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    files: list[tuple[Path, str]] = []
+    for name in SHIPPED_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).resolve().parent
+        files += [(f, str(f.relative_to(root.parent))) for f in sorted(root.rglob("*.py"))]
+    digest = hashlib.sha256()
+    for f, arc in files:
+        digest.update(arc.encode() + b"\0" + f.read_bytes() + b"\0")
+    out = Path(directory or tempfile.gettempdir()) / f"persona-code-{digest.hexdigest()[:16]}.zip"
+    if not out.is_file():
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f, arc in files:
+                zf.write(f, arc)
+        os.replace(tmp, out)
+    return str(out)
+
+
+def ship_code(spark: "SparkSession") -> str:
+    """Send the project's code to the executors (``addPyFile``), as ``spark-submit
+    --py-files`` would: on a cluster the executors' Python has only the dependencies
+    (pyspark, pandas, TensorFlow...), not this project."""
+    path = code_archive()
+    before = list(sys.path)
+    spark.sparkContext.addPyFile(path)
+    # addPyFile also puts the archive first on the driver's sys.path; the driver keeps
+    # importing from its installed tree (the packages find feature_repo/, sql/ beside it).
+    sys.path[:] = before
+    return path
