@@ -579,8 +579,14 @@ def run_query(engine: "sa.Engine", sql: str, params: dict[str, Any] | None = Non
     import sqlalchemy as sa
 
     if params:
-        # Check what the engine will parse: the placeholders in the driver's own style.
-        check_read_only(str(sa.text(sql).compile(dialect=engine.dialect)), dialect_of(engine))
+        # Check the statement shape with each placeholder rendered as NULL (placeholder
+        # syntax differs per driver and not every parser knows it).
+        try:
+            shape = sa.text(sql).bindparams(*[sa.bindparam(k, None) for k in params]).compile(
+                dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        except sa.exc.ArgumentError as exc:
+            raise InputError(f"query parameters: {str(exc).splitlines()[0]}") from exc
+        check_read_only(str(shape), dialect_of(engine))
     else:
         check_read_only(sql, dialect_of(engine))
     start = time.perf_counter()
