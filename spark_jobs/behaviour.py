@@ -44,14 +44,14 @@ WEIGHT_SCALE = 1000
 MICROS_PER_DAY = 86_400_000_000
 
 # Kinds of keys whose 30-day distinct count is a feature.
-KIND_ITEM, KIND_CATEGORY, KIND_QUERY, KIND_SESSION, KIND_BRAND = 0, 1, 2, 3, 4
+KIND_DAY, KIND_ITEM, KIND_CATEGORY, KIND_QUERY, KIND_SESSION, KIND_BRAND = 0, 1, 2, 3, 4, 5
 _COUNTED_KINDS = {
     KIND_ITEM: "distinct_items_30d",
     KIND_CATEGORY: "distinct_categories_30d",
     KIND_QUERY: "distinct_queries_30d",
     KIND_SESSION: "_source_sessions_30d",
 }
-_SCORED_KINDS = (KIND_CATEGORY, KIND_BRAND)
+_SCORED_KINDS = (KIND_DAY, KIND_CATEGORY, KIND_BRAND)
 
 _TYPE_COUNTS = {
     "view": "n_view",
@@ -135,139 +135,173 @@ def prepare_events(events: DataFrame, start: dt.date, end: dt.date) -> DataFrame
     ).withColumn("day", F.unix_date("event_date"))
 
 
-# ------------------------------------------------------------------- daily partials
-def daily_partials(events: DataFrame, params: BehaviourParams) -> DataFrame:
-    """One row per (user_id, day) with additive partial aggregates of that day.
+# ------------------------------------------------------------ 1. events -> key-day rows
+def with_gap_starts(events: DataFrame, params: BehaviourParams) -> DataFrame:
+    """Flag events that start an idle-gap session (events without a source session id).
 
-    Gap-rule sessions (events without a source session id): ``gap_starts`` counts the
-    events of the day that start a session (first event of the user in the data read,
-    or idle gap > session_gap_minutes since the user's previous such event, which may
-    lie on an earlier day); ``first_gap_start`` says whether the day's first such event
-    starts one. The window step needs the latter because a session straddling the
-    window start still counts once.
+    An event starts one when it is the user's first such event in the data read or
+    follows the previous such event by more than ``session_gap_minutes``. The previous
+    event may lie on an earlier day; a session straddling a window start is handled by
+    the window step (its first in-window event always counts).
     """
     gap_us = params.session_gap_minutes * 60 * 1_000_000
     no_sid = F.col("session_id").isNull()
     ts = F.unix_micros("event_ts")
     by_time = Window.partitionBy("user_id").orderBy(ts, F.col("event_id"))
-    prev_gap_ts = F.last(F.when(no_sid, ts), ignorenulls=True).over(
-        by_time.rowsBetween(Window.unboundedPreceding, -1)
+    prev = F.last(F.when(no_sid, ts), ignorenulls=True).over(by_time.rowsBetween(Window.unboundedPreceding, -1))
+    return events.withColumn("ts_us", ts).withColumn(
+        "gap_start",
+        F.when(no_sid, (prev.isNull() | ((F.col("ts_us") - prev) > gap_us)).cast("long")),
     )
-    ev = events.withColumn("ts_us", ts).withColumn(
-        "is_gap_start",
-        F.when(no_sid, (prev_gap_ts.isNull() | ((F.col("ts_us") - prev_gap_ts) > gap_us)).cast("int")),
-    )
+
+
+# Per-event contributions to a user's day (summed per (user, day)).
+_DAY_SUMS = [*_TYPE_COUNTS.values(), "n_events", "n_night", "spend", "price_sum", "price_n", "cat_score",
+             "brand_score", "gap_starts"]
+
+
+def key_day_rows(events: DataFrame, params: BehaviourParams) -> DataFrame:
+    """Events -> one row per (user_id, kind, key, day, is_drop) with summed contributions.
+
+    Kinds: the user's day itself (KIND_DAY, key ""), carrying the day's additive
+    partials; item, category, query, source session and brand keys, carrying the
+    weighted score. Scored kinds (day, category, brand) also get an ``is_drop`` row 30
+    days later, when their contribution leaves the window.
+    """
+    w = LONGEST_WINDOW
+    weight = _weight_expr(params)
     hour = F.hour("event_ts")
-    night = (hour >= params.night_start_hour) & (hour < params.night_end_hour)
-    is_purchase = F.col("event_type") == "purchase"
-    priced_purchase = is_purchase & F.col("price").isNotNull()
-    weight = _weight_expr(params)
-    aggs = [F.count_if(F.col("event_type") == t).cast("long").alias(c) for t, c in _TYPE_COUNTS.items()]
-    aggs += [
-        F.count(F.lit(1)).alias("n_events"),
-        F.count_if(night).cast("long").alias("n_night"),
-        F.sum(F.when(priced_purchase, F.col("price") * F.coalesce(F.col("quantity"), F.lit(1)))).alias("spend"),
-        F.sum(F.when(priced_purchase, F.col("price"))).alias("price_sum"),
-        F.count_if(priced_purchase).cast("long").alias("price_n"),
-        F.sum(F.when(F.col("category_id").isNotNull(), weight)).alias("cat_score"),
-        F.sum(F.when(F.col("brand").isNotNull(), weight)).alias("brand_score"),
-        F.sum("is_gap_start").cast("long").alias("gap_starts"),
-        F.min(F.when(no_sid, F.struct(F.col("ts_us"), F.col("event_id"), F.col("is_gap_start")))).alias("_first_gap"),
-        F.max("ingested_at").alias("max_ingested_at"),
-    ]
-    return (
-        ev.groupBy("user_id", "day")
-        .agg(*aggs)
-        .withColumn("first_gap_start", F.col("_first_gap.is_gap_start"))
-        .drop("_first_gap")
+    night = ((hour >= params.night_start_hour) & (hour < params.night_end_hour)).cast("long")
+    priced = (F.col("event_type") == "purchase") & F.col("price").isNotNull()
+    one = F.lit(1).cast("long")
+    contrib = {c: (F.col("event_type") == t).cast("long") for t, c in _TYPE_COUNTS.items()}
+    contrib.update({
+        "n_events": one,
+        "n_night": night,
+        "spend": F.when(priced, F.col("price") * F.coalesce(F.col("quantity"), F.lit(1))),
+        "price_sum": F.when(priced, F.col("price")),
+        "price_n": priced.cast("long"),
+        "cat_score": F.when(F.col("category_id").isNotNull(), weight),
+        "brand_score": F.when(F.col("brand").isNotNull(), weight),
+        "gap_starts": F.col("gap_start"),
+    })
+    # First idle-gap event of the day: ts*2 + (1 - starts) so min() picks the earliest
+    # event and, among events at the same instant, the one that starts a session.
+    first_gap = F.col("ts_us") * 2 + (1 - F.col("gap_start"))
+    null_long, null_double = F.lit(None).cast("long"), F.lit(None).cast("double")
+
+    def rec(kind: int, key: Column, score: Column, day: Column, drop: bool, payload: bool) -> Column:
+        fields = [F.lit(kind).alias("kind"), key.alias("key"), day.alias("day"), F.lit(drop).alias("is_drop"),
+                  score.alias("score")]
+        for c in _DAY_SUMS:
+            typ = "double" if c in ("spend", "price_sum") else "long"
+            fields.append((contrib[c].cast(typ) if payload else F.lit(None).cast(typ)).alias(c))
+        fields.append((first_gap if payload else null_long).alias("first_gap"))
+        fields.append((F.col("ingested_at") if payload else F.lit(None).cast("timestamp")).alias("ingested_at"))
+        return F.struct(*fields)
+
+    day, later, zero = F.col("day"), F.col("day") + w, F.lit(0).cast("long")
+    recs = F.array(
+        rec(KIND_DAY, F.lit(""), one, day, False, True),
+        rec(KIND_DAY, F.lit(""), zero, later, True, False),
+        rec(KIND_ITEM, F.col("item_id"), weight, day, False, False),
+        rec(KIND_CATEGORY, F.col("category_id"), weight, day, False, False),
+        rec(KIND_CATEGORY, F.col("category_id"), zero, later, True, False),
+        rec(KIND_QUERY, F.col("query"), weight, day, False, False),
+        rec(KIND_SESSION, F.col("session_id"), weight, day, False, False),
+        rec(KIND_BRAND, F.col("brand"), weight, day, False, False),
+        rec(KIND_BRAND, F.col("brand"), zero, later, True, False),
     )
+    r = events.select("user_id", F.explode(recs).alias("r")).where(F.col("r.key").isNotNull())
+    aggs = [F.sum(f"r.{c}").alias(c) for c in ("score", *_DAY_SUMS)]
+    aggs += [F.min("r.first_gap").alias("first_gap"), F.max("r.ingested_at").alias("max_ingested_at")]
+    return r.groupBy(
+        "user_id", F.col("r.kind").alias("kind"), F.col("r.key").alias("key"), F.col("r.day").alias("day"),
+        F.col("r.is_drop").alias("is_drop"),
+    ).agg(*aggs)
 
 
-# ------------------------------------------------------------- keyed (distinct, affinity)
-def _keyed(events: DataFrame, params: BehaviourParams) -> DataFrame:
-    """(user_id, kind, key, day, score): one row per key seen by a user on a day."""
-    weight = _weight_expr(params)
-    keys = F.array(
-        F.struct(F.lit(KIND_ITEM).alias("kind"), F.col("item_id").alias("key")),
-        F.struct(F.lit(KIND_CATEGORY).alias("kind"), F.col("category_id").alias("key")),
-        F.struct(F.lit(KIND_QUERY).alias("kind"), F.col("query").alias("key")),
-        F.struct(F.lit(KIND_SESSION).alias("kind"), F.col("session_id").alias("key")),
-        F.struct(F.lit(KIND_BRAND).alias("kind"), F.col("brand").alias("key")),
-    )
-    return (
-        events.select("user_id", "day", weight.alias("w"), F.explode(keys).alias("k"))
-        .where(F.col("k.key").isNotNull())
-        .groupBy("user_id", F.col("k.kind").alias("kind"), F.col("k.key").alias("key"), "day")
-        .agg(F.sum("w").alias("score"))
-    )
+# -------------------------------------------------- 2. key-day rows -> (user, as-of day)
+def spread_to_days(rows: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
+    """Key-day rows -> rows keyed by the day they act on, with what they carry.
 
-
-def keyed_day_rows(events: DataFrame, params: BehaviourParams, start: dt.date, end: dt.date) -> DataFrame:
-    """Per (user_id, day): distinct-count deltas per kind and the affinity of that day.
-
-    Output columns: user_id, day, d_<kind> (+1/-1 interval boundaries, see module
-    docstring), top_cats (up to 3 category ids for as-of day ``day``), top_cat_score,
-    top_brand_score. Affinity values are only present for as-of days in [start, end].
+    Per key, one sorted pass (window over the key's days) decides:
+    * counted kinds: +1 on a day the key enters the 30-day window (not seen in the 29
+      days before), -1 thirty days after a day it was seen when it is not seen again
+      within 29 days: a running sum of these is the exact distinct count;
+    * scored kinds: the windowed score is constant from one change day (a day seen, or
+      a drop day) to the next; the segment is expanded over the as-of days of
+      [start, end] it covers. For KIND_DAY the score is the number of active days, so
+      its segments are exactly the (user, as-of day) rows to produce.
+    * KIND_DAY rows also pass their day's partials through, on their own day.
     """
     w = LONGEST_WINDOW
     s, e = day_number(start), day_number(end)
-    per_key = _keyed(events, params).groupBy("user_id", "kind", "key").agg(
-        F.array_sort(F.collect_list(F.struct("day", "score"))).alias("ds")
+    by_key = Window.partitionBy("user_id", "kind", "key").orderBy("day")
+    seen = F.when(~F.col("is_drop"), F.lit(1))
+    # Peers (a day seen and a drop day on the same day) share range frames and get the
+    # same score; lead() gives all but the last of them an empty segment.
+    rows = rows.select(
+        "*",
+        F.count(seen).over(by_key.rangeBetween(-(w - 1), -1)).alias("seen_before"),
+        F.count(seen).over(by_key.rangeBetween(1, w - 1)).alias("seen_after"),
+        F.sum("score").over(by_key.rangeBetween(-(w - 1), 0)).alias("score_at"),
+        F.lead("day", 1).over(by_key).alias("next_change"),
     )
-    # Interval boundaries of the union of [d, d+w-1] over the key's days.
-    plus = (
-        "transform(filter(sequence(0, size(ds) - 1), i -> i = 0 OR ds[i].day - get(ds, i - 1).day >= {w}),"
-        " i -> named_struct('day', ds[i].day, 'delta', 1, 'score', CAST(NULL AS BIGINT)))"
-    ).format(w=w)
-    minus = (
-        "transform(filter(sequence(0, size(ds) - 1), i -> i = size(ds) - 1 OR get(ds, i + 1).day - ds[i].day >= {w}),"
-        " i -> named_struct('day', ds[i].day + {w}, 'delta', -1, 'score', CAST(NULL AS BIGINT)))"
-    ).format(w=w)
-    # Piecewise-constant windowed score: change days c (every d and d+w); on
-    # [c_j, c_{j+1}-1] the score is the sum over days in (c_j-w, c_j]. Each positive
-    # segment is expanded over the as-of days in [start, end] it covers.
-    change = "array_sort(array_distinct(concat(transform(ds, x -> x.day), transform(ds, x -> x.day + {w}))))".format(w=w)
-    segments = (
-        "flatten(transform("
-        "  filter(transform(sequence(0, size(cs) - 2), j -> named_struct("
-        "      'lo', greatest(cs[j], {s}), 'hi', least(cs[j + 1] - 1, {e}),"
-        "      'score', aggregate(filter(ds, x -> x.day > cs[j] - {w} AND x.day <= cs[j]), 0L, (acc, x) -> acc + x.score))),"
-        "    g -> g.lo <= g.hi AND g.score > 0),"
-        "  g -> transform(sequence(g.lo, g.hi), dd -> named_struct('day', dd, 'delta', 0, 'score', g.score))))"
-    ).format(w=w, s=s, e=e)
-    counted = F.col("kind") != KIND_BRAND
+    counted = F.col("kind").isin(*_COUNTED_KINDS) & ~F.col("is_drop")
     scored = F.col("kind").isin(*_SCORED_KINDS)
-    rows = per_key.withColumn("cs", F.when(scored, F.expr(change))).select(
-        "user_id",
-        "kind",
-        "key",
-        F.explode(
-            F.concat(
-                F.when(counted, F.concat(F.expr(plus), F.expr(minus))).otherwise(F.array()),
-                F.when(scored, F.expr(segments)).otherwise(F.array()),
-            )
-        ).alias("r"),
-    ).select("user_id", "kind", "key", "r.day", "r.delta", "r.score")
-    rows = rows.where((F.col("day") <= e) & ((F.col("delta") != 0) | (F.col("score") > 0)))
-    is_seg = F.col("delta") == 0
-    aggs = [
-        F.sum(F.when((F.col("kind") == k) & ~is_seg, F.col("delta")).otherwise(0)).cast("long").alias(f"d_{k}")
+    day = F.col("day")
+    null_long = F.lit(None).cast("long")
+
+    def rng(lo: Column, hi: Column, delta: int, score: Column, payload: bool) -> Column:
+        return F.struct(lo.alias("lo"), hi.alias("hi"), F.lit(delta).alias("delta"), score.alias("score"),
+                        F.lit(payload).alias("payload"))
+
+    ranges = F.array(
+        F.when(counted & (F.col("seen_before") == 0), rng(day, day, 1, null_long, False)),
+        F.when(counted & (F.col("seen_after") == 0), rng(day + w, day + w, -1, null_long, False)),
+        F.when(scored & (F.col("score_at") > 0), rng(
+            F.greatest(day, F.lit(s)), F.least(F.coalesce(F.col("next_change") - 1, F.lit(e)), F.lit(e)),
+            0, F.col("score_at"), False)),
+        F.when((F.col("kind") == KIND_DAY) & ~F.col("is_drop"), rng(day, day, 0, null_long, True)),
+    )
+    keep = ["user_id", "kind", "key", *_DAY_SUMS, "first_gap", "max_ingested_at"]
+    return (
+        rows.select(*keep, F.explode(ranges).alias("r"))
+        .where(F.col("r").isNotNull() & (F.col("r.lo") <= F.col("r.hi")) & (F.col("r.lo") <= e))
+        .select(*keep, "r.delta", "r.score", "r.payload", F.explode(F.sequence("r.lo", "r.hi")).alias("day"))
+    )
+
+
+def per_user_day(spread: DataFrame) -> DataFrame:
+    """Spread rows -> one row per (user_id, day): that day's partials, distinct-count
+    deltas, and for as-of days its affinity and whether it is an output row."""
+    payload = F.col("payload")
+    seg = (F.col("delta") == 0) & ~payload
+
+    def on_day(c: str) -> Column:
+        return F.sum(F.when(payload, F.col(c))).alias(c)
+
+    aggs = [on_day(c) for c in _DAY_SUMS]
+    aggs += [
+        F.min(F.when(payload, F.col("first_gap"))).alias("first_gap"),
+        F.max(F.when(payload, F.col("max_ingested_at"))).alias("max_ingested_at"),
+        F.max(F.when(seg & (F.col("kind") == KIND_DAY), F.lit(True))).alias("is_grid"),
+    ]
+    aggs += [
+        F.sum(F.when((F.col("kind") == k) & ~seg & ~payload, F.col("delta"))).cast("long").alias(f"d_{k}")
         for k in _COUNTED_KINDS
     ]
     aggs += [
         F.slice(
-            F.array_sort(
-                F.collect_list(
-                    F.when(is_seg & (F.col("kind") == KIND_CATEGORY), F.struct((-F.col("score")).alias("neg"), F.col("key")))
-                )
-            ),
-            1,
-            TOP_CATEGORIES,
+            F.array_sort(F.collect_list(F.when(seg & (F.col("kind") == KIND_CATEGORY),
+                                               F.struct((-F.col("score")).alias("neg"), F.col("key"))))),
+            1, TOP_CATEGORIES,
         ).alias("_top"),
-        F.max(F.when(is_seg & (F.col("kind") == KIND_BRAND), F.col("score"))).alias("top_brand_score"),
+        F.max(F.when(seg & (F.col("kind") == KIND_BRAND), F.col("score"))).alias("top_brand_score"),
     ]
     return (
-        rows.groupBy("user_id", "day")
+        spread.groupBy("user_id", "day")
         .agg(*aggs)
         .withColumn("top_cats", F.transform("_top", lambda x: x["key"]))
         .withColumn("top_cat_score", -F.get(F.col("_top"), 0)["neg"])
@@ -275,17 +309,37 @@ def keyed_day_rows(events: DataFrame, params: BehaviourParams, start: dt.date, e
     )
 
 
-# ------------------------------------------------------------------------- as-of grid
-def as_of_grid(daily: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
-    """(user_id, day) for every as-of day in [start, end] with an event in its window."""
-    w = LONGEST_WINDOW
-    s, e = day_number(start), day_number(end)
-    prev = F.lag("day").over(Window.partitionBy("user_id").orderBy("day"))
-    lo = F.greatest(F.col("day"), F.coalesce(prev + w, F.col("day")), F.lit(s))
-    hi = F.least(F.col("day") + (w - 1), F.lit(e))
-    return daily.select("user_id", "day", lo.alias("lo"), hi.alias("hi")).where(F.col("lo") <= F.col("hi")).select(
-        "user_id", F.explode(F.sequence("lo", "hi")).alias("day"), F.lit(True).alias("is_grid")
-    )
+def windowed(days: DataFrame) -> DataFrame:
+    """Per-user-day rows -> windowed sums for the output (as-of) rows only."""
+    order = Window.partitionBy("user_id").orderBy("day")
+
+    def last_n(n: int) -> Window:
+        return order.rangeBetween(-(n - 1), 0)
+
+    w30 = last_n(LONGEST_WINDOW)
+    cumulative = order.rangeBetween(Window.unboundedPreceding, 0)
+    sel = [F.col("user_id"), F.col("day"), F.col("is_grid"), "top_cats", "top_cat_score", "top_brand_score"]
+    for out, part, n in _WINDOW_COUNTS:
+        sel.append(F.coalesce(F.sum(part).over(last_n(n)), F.lit(0)).cast("long").alias(out))
+    for k, out in _COUNTED_KINDS.items():
+        sel.append(F.coalesce(F.sum(f"d_{k}").over(cumulative), F.lit(0)).cast("long").alias(out))
+    sel += [
+        F.sum("n_events").over(w30).alias("events_30d"),
+        F.sum("n_night").over(w30).alias("night_30d"),
+        F.sum("spend").over(w30).alias("spend_30d_raw"),
+        F.sum("price_sum").over(w30).alias("price_sum_30d"),
+        F.sum("price_n").over(w30).alias("price_n_30d"),
+        F.sum("cat_score").over(w30).alias("cat_score_30d"),
+        F.sum("brand_score").over(w30).alias("brand_score_30d"),
+        F.sum("gap_starts").over(w30).alias("gap_starts_30d"),
+        # The window's first idle-gap event (its day's min of ts*2 + (1 - starts)).
+        F.min("first_gap").over(w30).alias("first_gap_30d"),
+        F.max(F.when(F.col("n_events") > 0, F.col("day"))).over(w30).alias("last_event_day"),
+        F.max(F.when(F.col("n_purchase") > 0, F.col("day"))).over(w30).alias("last_purchase_day"),
+        F.count(F.when(F.col("n_events") > 0, True)).over(w30).alias("active_days_30d"),
+        F.max("max_ingested_at").over(w30).alias("created_timestamp"),
+    ]
+    return days.select(*sel).where(F.col("is_grid"))
 
 
 # ------------------------------------------------------------------------- the transform
@@ -300,6 +354,9 @@ def behaviour_features(
 
     ``events`` may hold any dates: only [start-29, end] is used, and nothing after an
     as-of day ever reaches its row. Pure: no I/O.
+
+    The plan is one linear chain with a single shuffle (events by user): every later
+    aggregate and window is keyed by user first, so Spark keeps that partitioning.
     """
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
@@ -307,54 +364,12 @@ def behaviour_features(
         "event_id", "user_id", "item_id", "category_id", "event_type", "event_ts", "day",
         "price", "quantity", "session_id", "query", "brand", "ingested_at",
     )
-    # One shuffle by user: every aggregate and window below is keyed by user first,
-    # so Spark reuses this partitioning instead of shuffling the events again.
-    ev = ev.repartition(partitions, "user_id") if partitions else ev.repartition("user_id")
-    daily = daily_partials(ev, params)
-    keyed = keyed_day_rows(ev, params, start, end)
-    grid = as_of_grid(daily, start, end)
-
-    cols_daily = [c for c in daily.columns if c not in ("user_id", "day")]
-    cols_keyed = [c for c in keyed.columns if c not in ("user_id", "day")]
-    union = (
-        daily.select("user_id", "day", *cols_daily, *[F.lit(None).alias(c) for c in cols_keyed], F.lit(None).cast("boolean").alias("is_grid"))
-        .unionByName(keyed.select("user_id", "day", *[F.lit(None).alias(c) for c in cols_daily], *cols_keyed, F.lit(None).cast("boolean").alias("is_grid")), allowMissingColumns=False)
-        .unionByName(grid.select("user_id", "day", *[F.lit(None).alias(c) for c in cols_daily + cols_keyed], "is_grid"))
-    )
-    # Peers (rows of the same day) share a range frame, so the three kinds of rows need
-    # no join: a grid row sees the partials and deltas of its own and earlier days.
-    order = Window.partitionBy("user_id").orderBy("day")
-
-    def last_n(n: int) -> Window:
-        return order.rangeBetween(-(n - 1), 0)
-
-    w30, same_day = last_n(30), last_n(1)
-    cumulative = order.rangeBetween(Window.unboundedPreceding, 0)
-    sel = [F.col("user_id"), F.col("day"), F.col("is_grid")]
-    for out, part, n in _WINDOW_COUNTS:
-        sel.append(F.coalesce(F.sum(part).over(last_n(n)), F.lit(0)).cast("long").alias(out))
-    for k, out in _COUNTED_KINDS.items():
-        sel.append(F.coalesce(F.sum(f"d_{k}").over(cumulative), F.lit(0)).cast("long").alias(out))
-    sel += [
-        F.sum("n_events").over(w30).alias("events_30d"),
-        F.sum("n_night").over(w30).alias("night_30d"),
-        F.sum("spend").over(w30).alias("spend_30d_raw"),
-        F.sum("price_sum").over(w30).alias("price_sum_30d"),
-        F.sum("price_n").over(w30).alias("price_n_30d"),
-        F.sum("cat_score").over(w30).alias("cat_score_30d"),
-        F.sum("brand_score").over(w30).alias("brand_score_30d"),
-        F.sum("gap_starts").over(w30).alias("gap_starts_30d"),
-        F.min(F.when(F.col("first_gap_start").isNotNull(), F.struct("day", "first_gap_start"))).over(w30).alias("_first_gap"),
-        F.max(F.when(F.col("n_events") > 0, F.col("day"))).over(w30).alias("last_event_day"),
-        F.max(F.when(F.col("n_purchase") > 0, F.col("day"))).over(w30).alias("last_purchase_day"),
-        F.count(F.when(F.col("n_events") > 0, True)).over(w30).alias("active_days_30d"),
-        F.max("max_ingested_at").over(w30).alias("created_timestamp"),
-        F.max("top_cats").over(same_day).alias("top_cats"),
-        F.max("top_cat_score").over(same_day).alias("top_cat_score"),
-        F.max("top_brand_score").over(same_day).alias("top_brand_score"),
-    ]
-    win = union.select(*sel).where(F.col("is_grid"))
-    return finalize(win)
+    # An explicit partition count: AQE would otherwise coalesce a small input into one
+    # partition and run every later step on one core.
+    n = partitions or int(events.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    ev = ev.repartition(n, "user_id")
+    rows = key_day_rows(with_gap_starts(ev, params), params)
+    return finalize(windowed(per_user_day(spread_to_days(rows, start, end))))
 
 
 def _ratio(num: Column, den: Column) -> Column:
@@ -364,14 +379,13 @@ def _ratio(num: Column, den: Column) -> Column:
 def finalize(win: DataFrame) -> DataFrame:
     """Windowed sums per (user, as-of day) -> the contract columns."""
     as_of = F.date_from_unix_date("day")
-    # Gap-rule sessions touching the window: starts inside it, plus the session of the
-    # window's first such event when that event continues a session begun earlier.
+    # Idle-gap sessions touching the window: the starts inside it, plus one when the
+    # window's first such event continues a session begun before the window.
+    first_starts = 1 - (F.col("first_gap_30d") % 2)
     gap_sessions = F.when(
-        F.col("_first_gap").isNotNull(),
-        F.col("gap_starts_30d") + 1 - F.col("_first_gap.first_gap_start"),
+        F.col("first_gap_30d").isNotNull(), F.col("gap_starts_30d") + 1 - first_starts
     ).otherwise(F.lit(0))
-    sessions = (gap_sessions + F.col("_source_sessions_30d")).cast("long")
-    win = win.withColumn("sessions_30d", sessions)
+    win = win.withColumn("sessions_30d", (gap_sessions + F.col("_source_sessions_30d")).cast("long"))
     out = win.select(
         "user_id",
         as_of.alias("as_of_date"),
