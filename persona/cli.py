@@ -76,6 +76,7 @@ def spark():
 COMMAND_MODULES = [
     "persona.commands.setup",
     "persona.commands.ingest",
+    "persona.commands.build",
     "persona.commands.demo",
     "persona.commands.generate",
     "persona.commands.fuse",

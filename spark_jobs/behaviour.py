@@ -610,8 +610,7 @@ def run_backfill(
         "days_in_range": n_days,
         "days_built": total,
         "days_skipped": n_days - total,
-        "built": [d.isoformat() for d in todo],
-        "passes": len(passes),
+        "passes": [[a.isoformat(), b.isoformat()] for a, b in passes],
         "behaviour_rows": rows,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -202,7 +202,7 @@ def test_log_covers_what_the_oracle_must_check(world):
     gaps = d.groupby(ev["user_id"]).apply(lambda s: s.drop_duplicates().sort_values().diff().max())
     assert (gaps >= pd.Timedelta(days=4)).any()
     assert world["summary"]["days_built"] == DAYS
-    assert world["summary"]["passes"] == 2  # 60 days in passes of 30
+    assert len(world["summary"]["passes"]) == 2  # 60 days in passes of 30
 
 
 def test_every_column_of_every_row_matches_duckdb(world, module_settings):

@@ -1,0 +1,81 @@
+"""`persona build` and `persona backfill`: bronze.events -> silver.user_behaviour and
+silver.user_sequences (see spark_jobs/behaviour.py and docs/features.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from persona.cli import app, settings, spark
+from persona.errors import InputError
+from persona.progress import bar, out, stage
+
+
+def _date(value: Optional[str], option: str) -> Optional[dt.date]:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{option} must be a date like 2024-01-31, got {value!r}") from None
+
+
+def _print(summary: dict, title: str, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    out.print(table)
+
+
+@app.command("build")
+def build(
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="As-of day YYYY-MM-DD. Default: the latest complete day in bronze.events."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Refresh one as-of day of silver.user_behaviour and silver.user_sequences.
+
+    Reads only the 30 event_date partitions the day's windows need; re-running it
+    leaves identical rows.
+    """
+    from spark_jobs.behaviour import run_build
+
+    day = _date(as_of, "--as-of")
+    with stage(f"build as of {day or 'latest complete day'}"):
+        summary = run_build(spark(), settings(), day)
+    _print(summary, "build summary", as_json)
+
+
+@app.command("backfill")
+def backfill(
+    start: str = typer.Option(..., "--start", help="First as-of day, YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", help="Last as-of day, YYYY-MM-DD (inclusive)."),
+    force: bool = typer.Option(False, "--force", help="Recompute days that are already built and current."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compute every as-of day from --start to --end, in passes over the events (not one job per day).
+
+    Resumable: days already built and still current are skipped unless --force;
+    a day whose 30-day window received late data since it was built is recomputed.
+    """
+    from spark_jobs.behaviour import run_backfill
+
+    a, b = _date(start, "--start"), _date(end, "--end")
+    if b < a:
+        raise InputError(f"--end {b} is before --start {a}")
+    with bar() as progress:
+        task = progress.add_task("backfill days", total=(b - a).days + 1)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=max(total, 1))
+
+        summary = run_backfill(spark(), settings(), a, b, force=force, progress=report)
+    _print(summary, "backfill summary", as_json)
