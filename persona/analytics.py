@@ -40,7 +40,7 @@ import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from persona.errors import InputError, NotBuiltError, ServiceError
 
@@ -821,7 +821,7 @@ class ThriftServer:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 60) -> None:
+    def stop(self, timeout: float = 20) -> None:
         """SIGTERM the server's process group (Spark's shutdown hooks stop the service),
         then SIGKILL if it lingers."""
         if self.process.poll() is not None:
