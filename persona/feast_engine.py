@@ -32,8 +32,9 @@ from feast.repo_config import FeastConfigBaseModel
 
 from persona.feast_codec import RedisTarget, ViewLayout, redis_target, write_batches
 
-# Set by persona.serving.materialize: called as progress(view, done_tasks, total_tasks, rows).
-PROGRESS: Optional[Callable[[str, int, int, int], None]] = None
+# Set by persona.serving.materialize: called as progress(label, done, total) with Spark
+# tasks (Redis path) or write batches (Feast path) as the unit.
+PROGRESS: Optional[Callable[[str, int, int], None]] = None
 
 ENGINE_TYPE = "persona.feast_engine.PersonaSparkEngine"
 
@@ -98,19 +99,41 @@ class PersonaSparkEngine(ComputeEngine):
         pass
 
     def materialize(self, registry, tasks, **kwargs) -> list:
+        """All Redis-bound views in one Spark job (their write stages run side by side);
+        anything else view by view through Feast. One result per task, in order."""
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkRetrievalJob
+
         if isinstance(tasks, MaterializationTask):
             tasks = [tasks]
-        jobs = []
-        for task in tasks:
-            start = time.perf_counter()
-            job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        started = time.perf_counter()
+        results: dict[int, tuple] = {}  # task index -> (rows, error)
+        fast: list = []
+        for i, task in enumerate(tasks):
+            fv = task.feature_view
             try:
-                rows = self._materialize_task(registry, task)
-                job = _Job(job_id, MaterializationJobStatus.SUCCEEDED, rows=rows)
+                job, join_keys = self._offline_job(registry, task)
+                target = self._fast_redis(fv, join_keys)
+                if target is not None and isinstance(job, SparkRetrievalJob):
+                    fast.append((i, job, self._layout(fv, join_keys), target))
+                else:
+                    results[i] = (self._through_feast(job, fv), None)
             except BaseException as exc:  # Feast re-raises the first error after rollback
-                job = _Job(job_id, MaterializationJobStatus.ERROR, exc)
-            job.seconds = time.perf_counter() - start
-            job.view = task.feature_view.name
+                results[i] = (0, exc)
+        if fast:
+            try:
+                counts = self._spark_to_redis(fast)
+                for i, _, layout, _ in fast:
+                    results[i] = (counts.get(layout.name, 0), None)
+            except BaseException as exc:
+                for i, *_ in fast:
+                    results[i] = (0, exc)
+        seconds = time.perf_counter() - started
+        jobs = []
+        for i, task in enumerate(tasks):
+            rows, error = results[i]
+            job = _Job(f"{task.feature_view.name}-{task.start_time}-{task.end_time}",
+                       MaterializationJobStatus.ERROR if error else MaterializationJobStatus.SUCCEEDED,
+                       error, rows=rows, seconds=seconds, view=task.feature_view.name)
             jobs.append(job)
             LAST_RUN.append(job)
         return jobs
@@ -165,46 +188,41 @@ class PersonaSparkEngine(ComputeEngine):
             return None
         return redis_target(cfg.connection_string, cluster=cfg.redis_type == RedisType.redis_cluster)
 
-    def _materialize_task(self, registry, task: MaterializationTask) -> int:
-        from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkRetrievalJob
-
-        fv = task.feature_view
-        job, join_keys = self._offline_job(registry, task)
-        target = self._fast_redis(fv, join_keys)
-        if target is not None and isinstance(job, SparkRetrievalJob):
-            return self._spark_to_redis(job, self._layout(fv, join_keys), target)
-        return self._through_feast(job, fv, target, join_keys)
-
-    def _spark_to_redis(self, job, layout: ViewLayout, target: RedisTarget) -> int:
-        from functools import partial
+    def _spark_to_redis(self, fast: list) -> dict:
+        """One Spark job: per view, Feast's latest-row query -> ``write_partitions``
+        partitions -> executors encode and pipeline HSETs; returns rows per view."""
+        from functools import partial, reduce
 
         from pyspark.sql import functions as F
 
-        spark = job.spark_session
-        df = job.to_spark_df()
-        if self.write_partitions > 0:
-            df = df.repartition(self.write_partitions)
-        writer = partial(write_batches, layout=layout, target=target, pipeline_rows=self.pipeline_rows)
-        counted = df.mapInArrow(writer, "rows long").agg(F.sum("rows").alias("rows"))
-        group = f"persona-materialize-{layout.name}-{time.time_ns()}"
+        spark = fast[0][1].spark_session
+        frames = []
+        for _, job, layout, target in fast:
+            df = job.to_spark_df()
+            if self.write_partitions > 0:
+                df = df.repartition(self.write_partitions)
+            writer = partial(write_batches, layout=layout, target=target, pipeline_rows=self.pipeline_rows)
+            frames.append(df.mapInArrow(writer, "rows long").withColumn("view", F.lit(layout.name)))
+        counted = reduce(lambda a, b: a.unionByName(b), frames).groupBy("view").agg(F.sum("rows").alias("rows"))
+        label = "+".join(layout.name for _, _, layout, _ in fast)
+        group = f"persona-materialize-{time.time_ns()}"
         sc = spark.sparkContext
-        sc.setJobGroup(group, f"materialize {layout.name} into Redis")
+        sc.setJobGroup(group, f"materialize {label} into Redis")
         stop = threading.Event()
-        poller = threading.Thread(target=_poll_progress, args=(sc, group, layout.name, stop), daemon=True)
+        poller = threading.Thread(target=_poll_progress, args=(sc, group, label, stop), daemon=True)
         poller.start()
         try:
-            row = counted.collect()[0]
+            rows = {r["view"]: int(r["rows"] or 0) for r in counted.collect()}
         finally:
             stop.set()
             poller.join(timeout=2)
             sc.setLocalProperty("spark.jobGroup.id", None)
             sc.setLocalProperty("spark.job.description", None)
-        rows = int(row["rows"] or 0)
         if PROGRESS is not None:
-            PROGRESS(layout.name, 1, 1, rows)
+            PROGRESS(label, 1, 1)
         return rows
 
-    def _through_feast(self, job, fv, target: Optional[RedisTarget], join_keys) -> int:
+    def _through_feast(self, job, fv) -> int:
         """Feast's conversion and ``online_write_batch`` on the driver (SQLite & co)."""
         from feast.utils import _convert_arrow_to_proto
 
@@ -218,7 +236,9 @@ class PersonaSparkEngine(ComputeEngine):
             self.online_store.online_write_batch(self.repo_config, fv, rows, progress=None)
             done += batch.num_rows
             if PROGRESS is not None:
-                PROGRESS(fv.name, i + 1, len(batches), done)
+                PROGRESS(fv.name, i + 1, len(batches))
+        if PROGRESS is not None and not batches:
+            PROGRESS(fv.name, 1, 1)
         return done
 
 
@@ -242,4 +262,4 @@ def _poll_progress(sc, group: str, view: str, stop: threading.Event) -> None:
         except Exception:  # the tracker is best-effort; never fail a write over it
             return
         if total:
-            PROGRESS(view, done, total, -1)
+            PROGRESS(view, done, total)

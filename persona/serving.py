@@ -32,9 +32,15 @@ import yaml
 
 from persona.errors import InputError, NotBuiltError, PersonaError, ServiceError
 
-# Feast repeats these on every Spark call; persona pins the versions it tested (README).
-warnings.filterwarnings("ignore", message=r"The spark (offline store|data source API) is an experimental",
-                        category=RuntimeWarning)
+
+
+def _quiet_feast() -> None:
+    """Feast warns "alpha" on every Spark call; persona pins the versions it tested.
+    Feast's spark module installs its own filter on import, so ours goes after it."""
+    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+    warnings.filterwarnings("ignore", message=r"The spark (offline store|data source API) is an experimental",
+                            category=RuntimeWarning)
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -142,6 +148,7 @@ def get_store(settings: "Settings", engine: str | None = None, fresh: bool = Fal
     from feast import FeatureStore
 
     key = (str(settings.home.resolve()), settings.feast.model_dump_json(), engine)
+    _quiet_feast()
     with _STORES_LOCK:
         if fresh or key not in _STORES:
             feast_dir(settings).mkdir(parents=True, exist_ok=True)
@@ -274,6 +281,7 @@ def load_declarations(settings: "Settings") -> list:
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
 
+    _quiet_feast()
     with _repo_env(settings):
         namespace = runpy.run_path(str(DECLARATIONS), run_name="persona_feature_repo")
     objects: list = []
@@ -404,33 +412,26 @@ def _latest_from_log(path: str) -> dt.datetime | None:
 
 
 @contextlib.contextmanager
-def _progress(show: bool) -> Iterator[dict]:
-    """A rich bar per feature view, fed by the engine (Spark tasks done / total)."""
+def _progress(show: bool) -> Iterator[None]:
+    """A rich bar per write job, fed by the engine (Spark tasks or write batches)."""
     from persona import feast_engine
 
-    rows: dict[str, int] = {}
     if not show:
-        feast_engine.PROGRESS = lambda view, done, total, n: rows.__setitem__(view, n) if n >= 0 else None
-        try:
-            yield rows
-        finally:
-            feast_engine.PROGRESS = None
+        yield
         return
     from persona.progress import bar
 
     with bar() as progress:
         tasks: dict[str, Any] = {}
 
-        def update(view: str, done: int, total: int, n: int) -> None:
-            if view not in tasks:
-                tasks[view] = progress.add_task(f"materialize {view}", total=max(total, 1))
-            progress.update(tasks[view], completed=done, total=max(total, 1))
-            if n >= 0:
-                rows[view] = n
+        def update(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(f"materialize {label}", total=max(total, 1))
+            progress.update(tasks[label], completed=done, total=max(total, 1))
 
         feast_engine.PROGRESS = update
         try:
-            yield rows
+            yield
         finally:
             feast_engine.PROGRESS = None
 
@@ -470,7 +471,7 @@ def materialize(
     ttl = dt.timedelta(days=settings.feast.ttl_days)
     feast_engine.LAST_RUN.clear()
     t0 = time.perf_counter()
-    with _user_errors(settings), _feast_spark(session), _progress(show_progress) as rows, \
+    with _user_errors(settings), _feast_spark(session), _progress(show_progress), \
             contextlib.redirect_stdout(sys.stderr):  # Feast prints; keep stdout for results
         fvs = [fv for fv in store.list_feature_views() if views is None or fv.name in views]
         if views is not None and len(fvs) != len(set(views)):
@@ -491,15 +492,18 @@ def materialize(
             if seen:
                 store.materialize_incremental(end_ts, feature_views=seen)
     seconds = time.perf_counter() - t0
-    if not rows and feast_engine.LAST_RUN:
-        rows.update({j.view: j.rows for j in feast_engine.LAST_RUN})
+    # Rows per view: known with persona's engine; Feast's own engines do not report them.
+    rows: dict[str, int] = {}
+    for job in feast_engine.LAST_RUN:
+        rows[job.view] = rows.get(job.view, 0) + job.rows
     total = sum(rows.values()) if rows else None
     return {
         "mode": mode,
         "start": start_ts.isoformat() if start_ts else None,
         "end": end_ts.isoformat(),
         "views": dict(rows),
-        "rows": total,
+        "rows": total,  # user x view rows written
+        "users": max(rows.values()) if rows else None,
         "seconds": round(seconds, 3),
         "rows_per_s": round(total / seconds, 1) if total and seconds > 0 else None,
         "online_store": settings.feast.online_store,

@@ -200,15 +200,18 @@ def test_incremental_picks_up_a_new_day(spark, sqlite_store):
 # ---- Redis ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
-    """Another home (own registry) over the same warehouse, online store = real Redis."""
+    """The production shape: another home over the same warehouse, online store = a real
+    Redis, registry = a SQL registry (SQLAlchemy URL; SQLite here, PostgreSQL in prod)."""
     from persona import serving
     from persona.config import load_settings
 
-    s = load_settings(home=tmp_path_factory.mktemp("redis-home"), environ={
+    home = tmp_path_factory.mktemp("redis-home")
+    s = load_settings(home=home, environ={
         "PERSONA__SPARK__MASTER": "local[2]",
         "PERSONA__WAREHOUSE": tables.warehouse_root,
         "PERSONA__FEAST__ONLINE_STORE": "redis",
         "PERSONA__FEAST__REDIS_CONNECTION": redis_server,
+        "PERSONA__FEAST__REGISTRY_URL": f"sqlite:///{home}/registry.sqlite",
     })
     serving.apply(s, spark)
     summary = serving.materialize(s, spark=spark, show_progress=False)
@@ -218,8 +221,15 @@ def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
 def test_online_equals_offline_redis(spark, redis_settings):
     settings, summary = redis_settings
     assert summary["engine"] == "persona"
+    assert type(serving_store(settings).registry).__name__ == "SqlRegistry"
     assert summary["views"]["user_behaviour"] == 4  # u1..u4 (u5 beyond ttl)
     assert_online_equals_offline(settings, spark)
+
+
+def serving_store(settings):
+    from persona import serving
+
+    return serving.get_store(settings)
 
 
 def test_stock_feast_reads_what_persona_wrote(redis_settings):
