@@ -97,8 +97,12 @@ def sql(
 ) -> None:
     """Query the profile tables and curated views, read-only.
 
-    Examples: persona sql --list; persona sql --view segment_summary;
-    persona sql "select * from user_profile_latest where segment_id = :s" -p s=3 -f csv;
+    persona sql --list
+
+    persona sql --view segment_summary --format csv
+
+    persona sql "select * from user_profile_latest where segment_id = :s" -p s=3
+
     persona sql --view funnel_daily --url hive://127.0.0.1:10000/default
     """
     from persona import analytics
@@ -146,11 +150,10 @@ def sql_server(
 ) -> None:
     """Run Spark's Thrift JDBC/ODBC server (HiveServer2) over the Delta tables until Ctrl-C.
 
-    The tables (bronze.events, silver.user_behaviour, gold.user_profiles, ...) and the
-    curated views are registered; every statement that would write is refused. Connect
-    with beeline (jdbc:hive2://HOST:PORT/default), any HiveServer2 client, or
-    SQLAlchemy/PyHive: persona sql --url hive://HOST:PORT/default --view segment_summary
-    """
+    The tables (bronze.events, silver.user_behaviour, gold.user_profiles, ...) and the curated views are registered; every statement that would write is refused.
+
+    Connect with beeline (jdbc:hive2://HOST:PORT/default), any HiveServer2 client, or SQLAlchemy/PyHive: persona sql --url hive://HOST:PORT/default --view segment_summary
+    """  # noqa: E501 - typer re-wraps the text; hard line breaks would show
     from persona import analytics
     from persona.progress import console, stage
 
