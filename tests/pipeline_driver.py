@@ -37,13 +37,14 @@ if str(REPO) not in sys.path:
 
 TABLES = (
     "bronze.events",
+    "bronze.events_quarantine",
     "silver.user_sequences",
     "silver.user_behaviour",
     "gold.user_embeddings",
     "gold.user_profiles",
 )
 # When a row was computed, not what it says.
-COMPUTE_TIME_COLUMNS = ("created_timestamp", "ingested_at")
+COMPUTE_TIME_COLUMNS = ("created_timestamp", "ingested_at", "ingest_date")
 ALL_STAGES = ("ingest", "backfill", "train", "embed", "fuse", "apply", "materialize")
 FLOAT_DECIMALS = 5
 
@@ -116,6 +117,80 @@ def warehouse_hashes(home: str | Path) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------------ the test setup
+# Small and fast, identical for every run that is compared with another: 60 users x 10
+# days, a tiny encoder, few segment candidates.
+TEST_ENV = {
+    "PERSONA__SPARK__MASTER": "local[2]",
+    "PERSONA__SPARK__SHUFFLE_PARTITIONS": "4",
+    "PERSONA__ENCODER__EPOCHS": "1",
+    "PERSONA__ENCODER__HIDDEN_DIM": "16",
+    "PERSONA__ENCODER__EMBEDDING_DIM": "8",
+    "PERSONA__ENCODER__ITEM_BUCKETS": "2000",
+    "PERSONA__ENCODER__CATEGORY_BUCKETS": "200",
+    "PERSONA__FUSION__MAX_SEGMENTS": "3",
+    "PERSONA__FUSION__MAX_ITER": "5",
+}
+USERS, DAYS, SEED = 60, 10, 5
+SERVICE = "ranking_light_v1"
+
+
+def make_settings(home, **overrides):
+    """Settings for a test home: TEST_ENV plus ``section__key=value`` overrides."""
+    from persona.config import load_settings
+
+    env = dict(TEST_ENV)
+    env.update({"PERSONA__" + k.upper(): str(v) for k, v in overrides.items()})
+    return load_settings(home=home, environ=env)
+
+
+def make_log(out_dir, users: int = USERS, days: int = DAYS, seed: int = SEED) -> Path:
+    """The generated log as generic parquet; returns its events directory."""
+    from persona.generate import generate
+
+    out = Path(out_dir)
+    events = out / "events"
+    if not (out / "done").is_file():
+        generate(users=users, days=days, seed=seed).write(out, "parquet")
+        (out / "done").write_text("ok")
+    return events
+
+
+def sample_users(home, n: int = 5) -> list[str]:
+    from deltalake import DeltaTable
+
+    ids = DeltaTable(str(Path(home) / "warehouse" / "bronze" / "events")).to_pyarrow_table(
+        columns=["user_id"]).column("user_id").to_pylist()
+    return sorted(set(ids))[:n]
+
+
+def canon_rows(rows: list[dict]) -> list:
+    return [_canon(r) for r in rows]
+
+
+def baseline(spark, base_dir) -> dict:
+    """The whole pipeline run once locally in this process (embedded defaults: SQLite
+    online store), memoised under ``base_dir`` so every test module of a session compares
+    against the same run. Returns stage summaries, table hashes, online rows."""
+    base = Path(base_dir)
+    marker = base / "baseline.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    from persona import serving
+
+    home = base / "home"
+    events = make_log(base / "log")
+    settings = make_settings(home)
+    result = run_stages(spark, settings, events, ALL_STAGES)
+    result["home"] = str(home)
+    result["input"] = str(events)
+    result["hashes"] = warehouse_hashes(home)
+    result["users"] = sample_users(home)
+    result["online"] = canon_rows(serving.get_online(settings, result["users"], service=SERVICE))
+    marker.write_text(json.dumps(result, default=str))
+    return json.loads(marker.read_text())
+
+
 # ------------------------------------------------------------------------------ stages
 def data_days(input_dir: str | Path) -> tuple[dt.date, dt.date]:
     import pyarrow.parquet as pq
@@ -160,8 +235,7 @@ def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str 
     if "embed" in stages:
         timed("embed", lambda: embed.run(spark, settings, start=first, end=last))
     if "fuse" in stages:
-        timed("fuse", lambda: [fuse.run_fuse(spark, settings, as_of=d)
-                               for d in (last - dt.timedelta(days=1), last)])
+        timed("fuse", lambda: fuse.run_fuse(spark, settings, as_of=last))
     if "apply" in stages:
         from persona import serving
 
@@ -173,6 +247,25 @@ def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str 
     return out
 
 
+def probe_executors(spark) -> list[dict]:
+    """Where each executor's Python imports the project from (one task per core)."""
+    n = max(2, spark.sparkContext.defaultParallelism)
+
+    def where(_):
+        import sys
+
+        import encoders
+        import persona
+        import spark_jobs
+
+        yield {
+            "files": {m.__name__: m.__file__ for m in (persona, spark_jobs, encoders)},
+            "editable_finder": any("__editable__" in getattr(f, "__module__", "") for f in sys.meta_path),
+        }
+
+    return spark.sparkContext.parallelize(range(n), n).mapPartitions(where).collect()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--home", required=True)
@@ -181,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", default=None, help="write stage summaries + table hashes here (JSON)")
     p.add_argument("--encoder-from", default=None, help="copy the encoder models of this home")
     p.add_argument("--get", default=None, help="comma-separated users to read online after the stages")
+    p.add_argument("--probe", action="store_true", help="report where executors import the project from")
     args = p.parse_args(argv)
 
     from persona.config import load_settings
@@ -191,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"driver up: master {spark.sparkContext.master}", flush=True)
     stages = [s for s in args.stages.split(",") if s]
     result = run_stages(spark, settings, args.input, stages, encoder_from=args.encoder_from)
+    if args.probe:
+        result["executor_imports"] = probe_executors(spark)
     if args.get:
         from persona import serving
 
-        result["online"] = serving.get_online(settings, args.get.split(","), service="ranking_light_v1")
+        result["online"] = canon_rows(serving.get_online(settings, args.get.split(","), service=SERVICE))
     result["hashes"] = warehouse_hashes(args.home)
     if args.summary:
         Path(args.summary).write_text(json.dumps(result, default=str, indent=1))
