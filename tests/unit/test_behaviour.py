@@ -155,7 +155,7 @@ def test_distinct_counts_at_the_thirty_day_edge(spark):
     out = behaviour.behaviour_features(spark.createDataFrame(rows, EVENTS), day0, day0 + dt.timedelta(days=60), PARAMS)
     got = {r["as_of_date"]: r["distinct_items_30d"] for r in out.collect()}
     assert got[day0] == 1 and got[day0 + dt.timedelta(days=29)] == 2 and got[day0 + dt.timedelta(days=30)] == 2
-    assert got[day0 + dt.timedelta(days=58)] == 2 - 1  # j left after day 58
+    assert got[day0 + dt.timedelta(days=58)] == 2  # j (day 29) is in windows up to day 58
     assert got[day0 + dt.timedelta(days=59)] == 1 and day0 + dt.timedelta(days=60) not in got
 
 
