@@ -142,13 +142,13 @@ def _as_date(value) -> dt.date | None:
 
 
 def _read_sequences(spark: SparkSession, settings) -> DataFrame:
-    return delta_io.read(spark, settings.table(SEQUENCES), "run `persona sequences` first")
+    return delta_io.read(spark, settings.table(SEQUENCES), "run `persona build` first")
 
 
 def _latest_as_of(df: DataFrame) -> dt.date:
     latest = df.agg(F.max("as_of_date")).first()[0]
     if latest is None:
-        raise NotBuiltError(f"{SEQUENCES} is empty (run `persona sequences` first)")
+        raise NotBuiltError(f"{SEQUENCES} is empty (run `persona build` first)")
     return latest
 
 
