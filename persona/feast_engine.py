@@ -43,11 +43,16 @@ class PersonaSparkEngineConfig(FeastConfigBaseModel):
     """``batch_engine: {type: persona.feast_engine.PersonaSparkEngine, ...}``."""
 
     type: Literal["persona.feast_engine.PersonaSparkEngine"] = ENGINE_TYPE
-    # Spark partitions writing to Redis at once (one connection each); 0 keeps the
-    # partitioning of the offline query.
-    write_partitions: int = 2
+    # Spark partitions writing to Redis at once (one connection each). 0 keeps the
+    # partitions of Feast's latest-row query (a shuffle: AQE sizes them to the data and
+    # the cores), which saves a second shuffle per view.
+    write_partitions: int = 0
     # Commands in flight per connection.
     pipeline_rows: int = 500
+    # Who encodes and writes: "executors" (mapInArrow, one connection per partition:
+    # scales with the cluster), "driver" (Arrow batches collected per view, written from
+    # the driver: no Python workers to start), "auto" (driver on a local master).
+    write_from: Literal["auto", "driver", "executors"] = "auto"
 
 
 @dataclass
@@ -85,8 +90,9 @@ class PersonaSparkEngine(ComputeEngine):
     def __init__(self, *, repo_config, offline_store, online_store, **kwargs):
         super().__init__(repo_config=repo_config, offline_store=offline_store, online_store=online_store)
         cfg = repo_config.batch_engine
-        self.write_partitions = int(getattr(cfg, "write_partitions", kwargs.get("write_partitions", 2)))
+        self.write_partitions = int(getattr(cfg, "write_partitions", kwargs.get("write_partitions", 0)))
         self.pipeline_rows = int(getattr(cfg, "pipeline_rows", kwargs.get("pipeline_rows", 500)))
+        self.write_from = str(getattr(cfg, "write_from", kwargs.get("write_from", "auto")))
 
     @property
     def supports_batch(self) -> bool:
@@ -196,6 +202,11 @@ class PersonaSparkEngine(ComputeEngine):
         from pyspark.sql import functions as F
 
         spark = fast[0][1].spark_session
+        mode = self.write_from
+        if mode == "auto":
+            mode = "driver" if spark.sparkContext.master.startswith("local") else "executors"
+        if mode == "driver":
+            return self._driver_to_redis(fast)
         frames = []
         for _, job, layout, target in fast:
             df = job.to_spark_df()
@@ -203,7 +214,8 @@ class PersonaSparkEngine(ComputeEngine):
                 df = df.repartition(self.write_partitions)
             writer = partial(write_batches, layout=layout, target=target, pipeline_rows=self.pipeline_rows)
             frames.append(df.mapInArrow(writer, "rows long").withColumn("view", F.lit(layout.name)))
-        counted = reduce(lambda a, b: a.unionByName(b), frames).groupBy("view").agg(F.sum("rows").alias("rows"))
+        # Each Arrow batch yields one (rows, view) record: collecting them needs no shuffle.
+        counted = reduce(lambda a, b: a.unionByName(b), frames)
         label = "+".join(layout.name for _, _, layout, _ in fast)
         group = f"persona-materialize-{time.time_ns()}"
         sc = spark.sparkContext
@@ -212,7 +224,9 @@ class PersonaSparkEngine(ComputeEngine):
         poller = threading.Thread(target=_poll_progress, args=(sc, group, label, stop), daemon=True)
         poller.start()
         try:
-            rows = {r["view"]: int(r["rows"] or 0) for r in counted.collect()}
+            rows: dict = {}
+            for r in counted.collect():
+                rows[r["view"]] = rows.get(r["view"], 0) + int(r["rows"])
         finally:
             stop.set()
             poller.join(timeout=2)
@@ -221,6 +235,29 @@ class PersonaSparkEngine(ComputeEngine):
         if PROGRESS is not None:
             PROGRESS(label, 1, 1)
         return rows
+
+    def _driver_to_redis(self, fast: list) -> dict:
+        """Local masters: each view's latest rows come to the driver as Arrow (no Python
+        workers to start) and are encoded and pipelined from here, views in parallel
+        threads (the Spark queries overlap; encoding and socket writes release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        done = [0]
+        lock = threading.Lock()
+
+        def one(item) -> tuple[str, int]:
+            _, job, layout, target = item
+            table = job.to_spark_df().toArrow()
+            batches = iter(table.to_batches(max_chunksize=10_000))
+            n = sum(int(b.column(0)[0].as_py()) for b in write_batches(batches, layout, target, self.pipeline_rows))
+            with lock:
+                done[0] += 1
+                if PROGRESS is not None:
+                    PROGRESS("+".join(x[2].name for x in fast), done[0], len(fast))
+            return layout.name, n
+
+        with ThreadPoolExecutor(max_workers=len(fast)) as pool:
+            return dict(pool.map(one, fast))
 
     def _through_feast(self, job, fv) -> int:
         """Feast's conversion and ``online_write_batch`` on the driver (SQLite & co)."""

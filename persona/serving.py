@@ -103,7 +103,7 @@ def config_dict(settings: "Settings", engine: str | None = None) -> dict:
         offline_conf = {}
     if engine == "persona":
         batch_engine: dict = {"type": ENGINE, "write_partitions": f.write_partitions,
-                              "pipeline_rows": f.pipeline_rows}
+                              "pipeline_rows": f.pipeline_rows, "write_from": f.write_from}
     elif engine == "spark":
         batch_engine = {"type": "spark.engine", "partitions": f.write_partitions}
     else:

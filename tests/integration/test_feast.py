@@ -212,6 +212,9 @@ def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
         "PERSONA__FEAST__ONLINE_STORE": "redis",
         "PERSONA__FEAST__REDIS_CONNECTION": redis_server,
         "PERSONA__FEAST__REGISTRY_URL": f"sqlite:///{home}/registry.sqlite",
+        # The cluster path: executors encode and write (mapInArrow); the driver path is
+        # what local masters use by default, tested below.
+        "PERSONA__FEAST__WRITE_FROM": "executors",
     })
     serving.apply(s, spark)
     summary = serving.materialize(s, spark=spark, show_progress=False)
@@ -224,6 +227,22 @@ def test_online_equals_offline_redis(spark, redis_settings):
     assert type(serving_store(settings).registry).__name__ == "SqlRegistry"
     assert summary["views"]["user_behaviour"] == 4  # u1..u4 (u5 beyond ttl)
     assert_online_equals_offline(settings, spark)
+
+
+def test_driver_write_path_equals_offline_too(spark, redis_settings, redis_server):
+    """Window mode, written from the driver (the default on local masters), into an
+    emptied Redis: the same online rows."""
+    import redis
+
+    from persona import serving
+
+    settings, _ = redis_settings
+    driver = settings.model_copy(update={"feast": settings.feast.model_copy(update={"write_from": "driver"})})
+    host, port = redis_server.split(":")
+    redis.Redis(host=host, port=int(port)).flushall()
+    summary = serving.materialize(driver, start=end_of(DAYS[0]), spark=spark, show_progress=False)
+    assert summary["mode"] == "window" and summary["users"] == 5  # the window reaches back to D0
+    assert_online_equals_offline(driver, spark, expired=())
 
 
 def serving_store(settings):
