@@ -65,11 +65,52 @@ def settings() -> Settings:
     return state.settings
 
 
+def check_home(s: Settings) -> None:
+    """Fail in one line, before any Spark work, when the home can't hold state (a path
+    under a regular file, a read-only mount, no space for even a probe file)."""
+    import os
+
+    home = s.home.resolve()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PersonaError(f"persona home {home} is not writable: {exc.strerror or exc}") from None
+
+
 def spark():
     """The session for the current settings (built on first use)."""
     from spark_jobs.session import get_spark
 
+    check_home(state.settings)
     return get_spark(state.settings)
+
+
+# Failures of the storage under a job, as the JVM reports them (deep in a stack trace).
+_STORAGE_ERRORS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def _storage_error(exc: BaseException) -> str | None:
+    """A one-line message when ``exc`` (or its JVM cause chain) is a storage failure."""
+    texts = [str(exc)]
+    java = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    for _ in range(20):  # the JVM cause chain, when py4j is still up
+        if java is None:
+            break
+        try:
+            texts.append(str(java.toString()))
+            java = java.getCause()
+        except Exception:
+            break
+    text = "\n".join(texts)
+    for marker in _STORAGE_ERRORS:
+        if marker in text:
+            where = state._settings.warehouse_root if state._settings is not None else "the persona home"
+            return (f"storage failure writing under {where}: {marker} "
+                    "(Delta commits are atomic: every table keeps its last committed version; fix the storage and re-run)")
+    return None
 
 
 # Each module registers its commands on `app` at import time.
@@ -119,6 +160,10 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if state.verbose:
             raise
+        storage = _storage_error(exc)
+        if storage is not None:
+            print(f"error: {storage}", file=sys.stderr)
+            sys.exit(1)
         print(f"error: {exc.__class__.__name__}: {_one_line(exc)} (run with --verbose for details)", file=sys.stderr)
         sys.exit(1)
 
