@@ -201,7 +201,7 @@ def data_days(input_dir: str | Path) -> tuple[dt.date, dt.date]:
 
 
 def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str | Path | None = None,
-               log=print) -> dict:
+               log=print, force: bool = False) -> dict:
     """Run the named stages in pipeline order; returns ``{stage: summary}``."""
     from spark_jobs import behaviour, embed, fuse
     from spark_jobs.ingest import run_ingest
@@ -219,7 +219,7 @@ def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str 
     if "ingest" in stages:
         timed("ingest", lambda: run_ingest(spark, settings, str(input_dir), "generic"))
     if "backfill" in stages:
-        timed("backfill", lambda: behaviour.run_backfill(spark, settings, first, last))
+        timed("backfill", lambda: behaviour.run_backfill(spark, settings, first, last, force=force))
     if "build" in stages:  # today's refresh: one as-of day, always recomputed
         timed("build", lambda: behaviour.run_build(spark, settings, last))
     if "train" in stages:
@@ -266,6 +266,33 @@ def probe_executors(spark) -> list[dict]:
     return spark.sparkContext.parallelize(range(n), n).mapPartitions(where).collect()
 
 
+def slow_writes(seconds: float, partitions: int = 8) -> None:
+    """Make every Delta write of this process hold its files open: the written frame is
+    spread over ``partitions`` tasks and each task but the first sleeps ``seconds``
+    before producing rows. Task 0's files land in the table directory while the others
+    sleep, so a test that sees new data files knows the commit has not happened yet
+    and can kill the driver in the middle of the write. Only the timing changes: the
+    write path (conform, replaceWhere, Delta commit) is the real one."""
+    from spark_jobs import delta_io
+
+    original = delta_io.conform
+
+    def held(batches):
+        import time as _time
+
+        from pyspark import TaskContext
+
+        if TaskContext.get().partitionId() > 0:
+            _time.sleep(seconds)
+        yield from batches
+
+    def conform(df, schema):
+        out = original(df, schema)
+        return out.repartition(partitions).mapInPandas(held, out.schema)
+
+    delta_io.conform = conform
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--home", required=True)
@@ -275,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-from", default=None, help="copy the encoder models of this home")
     p.add_argument("--get", default=None, help="comma-separated users to read online after the stages")
     p.add_argument("--probe", action="store_true", help="report where executors import the project from")
+    p.add_argument("--force", action="store_true", help="backfill: recompute every day")
+    p.add_argument("--slow-write", type=float, default=0.0, help="hold each Delta write open this long (s)")
     args = p.parse_args(argv)
 
     from persona.config import load_settings
@@ -282,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(home=args.home)
     spark = get_spark(settings)
+    if args.slow_write:
+        slow_writes(args.slow_write)
     print(f"driver up: master {spark.sparkContext.master}", flush=True)
     stages = [s for s in args.stages.split(",") if s]
-    result = run_stages(spark, settings, args.input, stages, encoder_from=args.encoder_from)
+    result = run_stages(spark, settings, args.input, stages, encoder_from=args.encoder_from, force=args.force)
     if args.probe:
         result["executor_imports"] = probe_executors(spark)
     if args.get:
