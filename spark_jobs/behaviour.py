@@ -5,25 +5,30 @@ Output grain: one row per user per ``as_of_date`` D for every user with at least
 event in the longest window (30 days: ``event_date`` in [D-29, D]); partitioned by
 ``as_of_date``. Definitions of every column: ``spark_jobs.feature_dictionary``.
 
-How a range of as-of days is computed in ONE pass (no job per day):
+How a range of as-of days [start, end] is computed in ONE pass (no job per day), as a
+single linear plan with one shuffle (the events by user; every later aggregate and
+window is keyed by user first, so Spark keeps that partitioning):
 
-1. read the events of [start-29, end] once (partition pruning on ``event_date``) and
-   spread them by ``user_id``: every later aggregate and window is keyed by user;
-2. daily per-user partials: counts per event type, spend, night events, gap-rule
-   session starts, latest ingest time;
-3. windows over days (``rangeBetween(-(N-1), 0)`` on the day number) turn the
-   partials into 1/7/30-day sums for every as-of day;
-4. exact distinct counts (items, categories, queries, source sessions): a key seen on
-   days d1 < d2 < ... is inside the 30-day window of the as-of days
-   union([di, di+29]); each maximal run of those intervals becomes a +1 at its first
-   day and a -1 the day after its last, so a running sum over days gives the exact
-   number of distinct keys in every window without ever materialising the sets;
-5. affinity (top categories, top brand share): per (user, key) the windowed score is
-   piecewise constant between "change days" (di and di+30); each constant segment is
-   expanded only over the as-of days it covers, then ranked per (user, day).
+1. read the events of [start-29, end] (partition pruning on ``event_date``); flag the
+   events that start an idle-gap session (one sort of each user's events by time);
+2. key-day rows: per (user, kind, key, day) the summed contributions, where the kinds
+   are the user's day itself (carrying the day's partial counts, spend, night events,
+   session starts...), and the items, categories, queries, source sessions and brands
+   the user touched that day (carrying the weighted interest);
+3. one sorted pass per key over its days gives
+   * exact distinct counts: a key seen on days d1 < d2 < ... is inside the 30-day
+     window of as-of days union([di, di+29]); each maximal run becomes a +1 on its
+     first day and a -1 the day after its last, so a running sum is the exact number
+     of distinct keys in every window, without ever materialising the sets;
+   * affinity: the windowed score of a key is constant between "change days" (di and
+     di+30); each positive segment is expanded only over the as-of days it covers
+     (for the user's own day, those segments are exactly the output rows);
+4. per (user, day): the day's partials, the deltas and that day's top categories;
+   windows over days (``rangeBetween(-(N-1), 0)`` on the day number) give the 1/7/30
+   day sums; the output keeps the as-of rows.
 
 A single day (incremental refresh) is the same code with start = end: it reads only the
-30 partitions its windows need.
+30 partitions its windows need, so its cost does not grow with the history.
 """
 
 from __future__ import annotations
