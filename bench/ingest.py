@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table("ingest throughput (Spark local vs DuckDB CSV->Parquet)", rows)
-    return write_results("ingest", {"quick": args.quick, "rows": rows})
+    header = list(rows[0].keys()) if rows else []
+    print_table("ingest throughput (Spark local vs DuckDB CSV->Parquet)", header, [list(r.values()) for r in rows])
+    path = write_results("ingest", {"quick": args.quick, "rows": rows})
+    print(f"results: {path}")
+    return {"rows": rows}
 
 
 if __name__ == "__main__":
