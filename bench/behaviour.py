@@ -169,7 +169,8 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.execute(f"SET temp_directory='{CACHE_DIR / 'duckdb-tmp'}'")
-    con.execute("CREATE VIEW ev AS SELECT * FROM read_parquet($files, hive_partitioning=true)", {"files": files})
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet([{listed}], hive_partitioning=true)")
     days = pd.DataFrame({"as_of": pd.to_datetime([start + dt.timedelta(days=i) for i in range(30)])})
     con.register("days_full", days)
     con.register("days_one", days.tail(1))
@@ -179,7 +180,7 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
         con.execute("CREATE TABLE res AS " + duckdb_behaviour_sql("ev", days_rel, settings))
 
     d_full = min(timed(lambda: duck("days_full"))[0] for _ in range(repeat))
-    d_rows = con.execute("SELECT count(*) FROM res").fetchone()[0]
+    d_rows = con.execute("SELECT count(*) FROM res").fetchall()[0][0]
     d_inc = min(timed(lambda: duck("days_one"))[0] for _ in range(repeat))
     return {
         "events": n,
@@ -216,13 +217,17 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         results[str(size)] = _run_size(spark, settings, size, repeat=1 if args.quick else 2)
         print(f"size {size:,} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        # Recorded after every size, so a run cut short still leaves what it measured.
+        write_results("behaviour", {"quick": args.quick, "complete": False, "sizes": results,
+                                    "spark_master": settings.spark.master,
+                                    "shuffle_partitions": settings.spark.shuffle_partitions})
     header = ["events", "spark 30d s", "duckdb 30d s", "spark ev/s", "duckdb ev/s", "ratio s/d",
               "spark 1d s", "inc/full", "seq 30d s"]
     rows = [[r["events"], r["spark_full_s"], r["duckdb_full_s"], r["spark_events_per_s"], r["duckdb_events_per_s"],
              r["ratio_spark_to_duckdb"], r["spark_incremental_s"], r["incremental_to_full_ratio"],
              r["spark_sequences_full_s"]] for r in results.values()]
     print_table("behaviour: 30-day backfill and one-day refresh (Spark local vs DuckDB, same files)", header, rows)
-    path = write_results("behaviour", {"quick": args.quick, "sizes": results,
+    path = write_results("behaviour", {"quick": args.quick, "complete": True, "sizes": results,
                                        "spark_master": settings.spark.master,
                                        "shuffle_partitions": settings.spark.shuffle_partitions})
     print(f"\nwrote {path}")
