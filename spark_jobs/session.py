@@ -86,9 +86,37 @@ def get_spark(settings: "Settings | None" = None) -> "SparkSession":
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
-    if not _is_local(settings.spark.master) and not conf.get("spark.submit.pyFiles"):
+    if _is_local(settings.spark.master):
+        _quiet_task_failures(spark, settings.spark.log_level)
+    elif not conf.get("spark.submit.pyFiles"):
         ship_code(spark)
     return spark
+
+
+# In local mode the executor runs inside the driver: a failed task (a full disk, a bad
+# file) is logged with its stack trace by each of these, then raised to the caller,
+# which reports it (one line in the CLI, the whole trace with --verbose). Keep only the
+# raised copy, unless the log level asks for detail.
+_TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.util.Utils",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.sql.delta.files.DeltaFileFormatWriter",
+)
+
+
+def _quiet_task_failures(spark: "SparkSession", log_level: str) -> None:
+    if log_level.upper() not in ("WARN", "ERROR", "FATAL", "OFF"):
+        return
+    try:
+        jvm = spark.sparkContext._jvm
+        configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+        off = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _TASK_FAILURE_LOGGERS:
+            configurator.setLevel(name, off)
+    except Exception:  # logging is cosmetic; never fail a session over it
+        pass
 
 
 # The packages executors import (UDFs, mapInPandas/mapInArrow functions, Feast encoders).
