@@ -47,7 +47,7 @@ def write_bronze(spark, settings, events: pd.DataFrame, ingested_at=None, mode="
     )
 
 
-def make_log(users: int = 240, days: int = DAYS, seed: int = 11) -> pd.DataFrame:
+def make_log(users: int = 200, days: int = DAYS, seed: int = 11) -> pd.DataFrame:
     from persona.generate import generate
 
     ev = generate(users=users, days=days, seed=seed, start=START).events.copy()
