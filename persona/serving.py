@@ -189,6 +189,11 @@ def _service_error(settings: "Settings", exc: BaseException) -> PersonaError | N
             f"Redis online store at {settings.feast.redis_connection} is unreachable "
             f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
         )
+    text = str(exc)
+    if "redis.exceptions.ConnectionError" in text or "redis.exceptions.TimeoutError" in text:
+        # Raised on a Spark executor (the Redis write path) and re-raised by Spark.
+        return ServiceError(f"Redis online store at {settings.feast.redis_connection} became "
+                            "unreachable while materializing (rerun `persona materialize`)")
     try:
         from sqlalchemy.exc import OperationalError
     except ImportError:  # pragma: no cover
