@@ -137,7 +137,12 @@ def train(
     log(f"vocabulary: {len(items)} items, {len(categories)} categories; "
         f"{len(train_set)} train / {len(val_set)} validation users")
 
-    x_train = to_indices(encoder, train_set)
+    # A single event has no next event: such users shape the vocabulary and the
+    # popularity baseline but add no training target (on Taobao most users are these).
+    fit_set = train_set.take(np.nonzero(train_set.seq_len >= 2)[0])
+    if len(fit_set) == 0:
+        raise ValueError("no training user has two or more events")
+    x_train = to_indices(encoder, fit_set)
     y_train, w_train = next_targets(x_train[1], x_train[2])
     val_prefix = val_set.drop_last()
     x_val = to_indices(encoder, val_prefix)
@@ -187,7 +192,8 @@ def train(
         "version": version,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {**(data_range or {}), "users": int(len(seqs)), "train_users": int(len(train_set)),
-                 "validation_users": int(len(val_set)), "events": int(seqs.seq_len.sum()),
+                 "validation_users": int(len(val_set)),
+                 "fitted_users": int(len(fit_set)), "events": int(seqs.seq_len.sum()),
                  "sequence_length": int(seqs.length)},
         "vocab": {"items": len(items) + RESERVED, "categories": len(categories) + RESERVED,
                   "event_types": len(EVENT_TYPES) + RESERVED,

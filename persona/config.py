@@ -115,6 +115,9 @@ class EncoderSettings(_Section):
     # per TensorFlow call inside it.
     arrow_batch_size: int = 10_000
     predict_chunk: int = 4096
+    # How batches reach the model in Spark: "pandas" (mapInPandas) or "arrow" (mapInArrow,
+    # no pandas conversion of the list columns). Same iterator form, same predict function.
+    udf: Literal["pandas", "arrow"] = "pandas"
 
 
 class FusionSettings(_Section):

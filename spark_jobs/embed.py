@@ -63,8 +63,12 @@ def _embed_batches(model_path: str, threads: int, chunk: int, shipped: str | Non
     worker then loads its local copy instead of the driver's path."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import os
+        import sys
+
         from encoders import data, predict
 
+        t0 = time.perf_counter()
         # Before the first TF op in this worker; a reused worker keeps both settings.
         predict.configure_threads(threads)
         if shipped:
@@ -73,16 +77,56 @@ def _embed_batches(model_path: str, threads: int, chunk: int, shipped: str | Non
             encoder = predict.load(SparkFiles.get(shipped))
         else:
             encoder = predict.load(model_path)
+        t_load, t_conv, t_pred, rows = time.perf_counter() - t0, 0.0, 0.0, 0
         for pdf in batches:
+            t1 = time.perf_counter()
             seqs = data.from_frame(pdf)
+            t2 = time.perf_counter()
             emb = encoder(seqs.item_ids, seqs.category_ids, seqs.event_types, seqs.gap_seconds,
                           chunk=chunk)
+            t_conv, t_pred, rows = t_conv + t2 - t1, t_pred + time.perf_counter() - t2, rows + len(pdf)
             yield pd.DataFrame({
                 "user_id": pdf["user_id"],
                 "as_of_date": pdf["as_of_date"],
                 "event_timestamp": pdf["event_timestamp"],
                 "user_emb": list(emb),
             })
+        if os.environ.get("PERSONA_EMBED_PROFILE") == "1":
+            # Diagnostics: where a task's time goes (worker stderr; the driver's in local mode).
+            print(f"[embed pid {os.getpid()}] rows {rows} load {t_load:.2f}s convert {t_conv:.2f}s "
+                  f"predict {t_pred:.2f}s task {time.perf_counter() - t0:.2f}s", file=sys.stderr, flush=True)
+
+    return run
+
+
+def _embed_arrow_batches(model_path: str, threads: int, chunk: int, shipped: str | None = None):
+    """The same per-worker function over raw Arrow batches (``mapInArrow``): fixed-length
+    lists reshape to ``(N, L)`` without a pandas object per row, and the output vectors
+    go back as one flat float buffer."""
+
+    def run(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        from encoders import data, predict
+
+        predict.configure_threads(threads)
+        if shipped:
+            from pyspark import SparkFiles
+
+            encoder = predict.load(SparkFiles.get(shipped))
+        else:
+            encoder = predict.load(model_path)
+        for batch in batches:
+            seqs = data.from_arrow(batch)
+            emb = encoder(seqs.item_ids, seqs.category_ids, seqs.event_types, seqs.gap_seconds, chunk=chunk)
+            n, d = emb.shape
+            offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+            vectors = pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1), type=pa.float32()))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("user_id"), batch.column("as_of_date"), batch.column("event_timestamp"), vectors],
+                names=["user_id", "as_of_date", "event_timestamp", "user_emb"],
+            )
 
     return run
 
@@ -93,6 +137,7 @@ def embed_sequences(
     threads_per_task: int = 1,
     min_partitions: int = 1,
     chunk: int = 4096,
+    udf: str = "pandas",
 ) -> DataFrame:
     """``silver.user_sequences`` rows -> ``gold.user_embeddings`` rows (same grain)."""
     model_dir = Path(model_dir)
@@ -102,7 +147,10 @@ def embed_sequences(
         # One file for a day would otherwise mean one task, one busy core.
         df = df.repartition(min_partitions)
     shipped = ship_model(df.sparkSession, model_dir)
-    out = df.mapInPandas(_embed_batches(model_path, threads_per_task, chunk, shipped), UDF_SCHEMA)
+    if udf == "arrow":
+        out = df.mapInArrow(_embed_arrow_batches(model_path, threads_per_task, chunk, shipped), UDF_SCHEMA)
+    else:
+        out = df.mapInPandas(_embed_batches(model_path, threads_per_task, chunk, shipped), UDF_SCHEMA)
     return out.select(
         *KEY_COLUMNS,
         F.current_timestamp().alias("created_timestamp"),
@@ -152,6 +200,17 @@ def _latest_as_of(df: DataFrame) -> dt.date:
     return latest
 
 
+def _commit_rows(spark: SparkSession, path: str) -> int | None:
+    """Rows written by the table's last commit (Delta operation metrics, no scan)."""
+    from delta.tables import DeltaTable
+
+    try:
+        metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"] or {}
+        return int(metrics["numOutputRows"])
+    except Exception:  # metrics missing: the caller counts instead
+        return None
+
+
 def run(
     spark: SparkSession,
     settings,
@@ -183,19 +242,23 @@ def run(
     if cfg.arrow_batch_size:
         spark.conf.set(conf_key, str(cfg.arrow_batch_size))
     try:
-        out = embed_sequences(days, model_dir, cfg.threads_per_task, cores, cfg.predict_chunk)
+        out = embed_sequences(days, model_dir, cfg.threads_per_task, cores, cfg.predict_chunk, cfg.udf)
+        t_write = time.perf_counter()
         delta_io.replace_where(out, settings.table(EMBEDDINGS), USER_EMBEDDINGS, "as_of_date", start, end)
+        t_write = time.perf_counter() - t_write
     finally:
         if cfg.arrow_batch_size:
             if previous is None:
                 spark.conf.unset(conf_key)
             else:
                 spark.conf.set(conf_key, previous)
-    written = (
-        spark.read.format("delta").load(settings.table(EMBEDDINGS))
-        .where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
-        .count()
-    )
+    written = _commit_rows(spark, settings.table(EMBEDDINGS))
+    if written is None:  # no commit metrics: count what is there
+        written = (
+            spark.read.format("delta").load(settings.table(EMBEDDINGS))
+            .where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
+            .count()
+        )
     if written == 0:
         raise NotBuiltError(f"no sequences between {start} and {end} in {SEQUENCES}")
     return {
@@ -205,6 +268,8 @@ def run(
         "rows": int(written),
         "encoder_version": model_dir.name,
         "seconds": round(time.perf_counter() - t0, 2),
+        # The Spark job itself (scan, UDF, Delta write); the rest is planning and metadata.
+        "write_job_seconds": round(t_write, 2),
     }
 
 
