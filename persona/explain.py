@@ -5,11 +5,13 @@ Input:  gold.user_profiles for one as_of_date, that day's fusion input (behaviou
 Output: plain dicts (for ``--json``, the report and tests) and their plain-words text.
 
 Two numbers carry the explanations:
-- a user's drivers: with z the user's standardised inputs, P the k kept loadings and
-  s = P^T z the profile vector, ||s||^2 = sum_i z_i (P s)_i. Each feature's term
-  z_i (P s)_i is its exact share of how far the user sits from the centre in profile
-  space (shares sum to 1); per component j the terms are loading x standardised value,
-  P_ij z_i, which sum to s_j.
+- a user's drivers: with x the user's standardised (and block-weighted) inputs, P the k
+  kept loadings, s = P^T x the profile vector and L the components' variances, the
+  user's distance from the centre in sd units is ||s||^2_L = sum_j s_j^2 / L_j =
+  sum_i x_i (P L^-1 s)_i. Each feature's term is its exact share of that distance (the
+  shares sum to 1): sd units, so a feature that makes the user unusual on a quiet
+  component counts as much as one on the loud volume component; per component j the
+  terms are loading x standardised value, P_ij x_i, which sum to s_j.
 - a segment's distinctive features: z-scores of the segment mean against the whole day
   ((segment mean - population mean) / population sd), on the model's inputs (after
   log1p and imputation), shown next to the raw means.
@@ -148,16 +150,20 @@ def render_segments(stats: dict) -> str:
 
 
 # ---------------------------------------------------------------- one user
-def decompose(z: np.ndarray, loadings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decompose(
+    z: np.ndarray, loadings: np.ndarray, variances: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores s = P^T z, contributions C = P * z[:, None], driver shares).
 
-    ``shares[i] = z_i (P s)_i / ||s||^2``: feature i's share of the user's squared
-    distance from the centre in profile space; they sum to 1.
+    ``shares[i] = z_i (P L^-1 s)_i / sum_j s_j^2 / L_j``: feature i's share of the
+    user's squared distance from the centre measured in each component's sd (L the
+    component variances; None: plain Euclidean). The shares sum to 1.
     """
     s = loadings.T @ z
     contrib = loadings * z[:, None]
-    norm2 = float(s @ s)
-    shares = z * (loadings @ s) / norm2 if norm2 > 0 else np.zeros_like(z)
+    inv = np.ones_like(s) if variances is None else 1.0 / np.maximum(np.asarray(variances, dtype=float), 1e-12)
+    norm2 = float(s @ (inv * s))
+    shares = z * (loadings @ (inv * s)) / norm2 if norm2 > 0 else np.zeros_like(z)
     return s, contrib, shares
 
 
@@ -172,20 +178,24 @@ def explain_user(
     model, metrics = fuse.load_fusion(settings, version)
     names = metrics["feature_names"]
     inp = fuse.day_input(spark, settings, day).where(F.col("user_id") == F.lit(user_id))
-    pre = fuse.preprocess_model(model).transform(inp).select(fuse.RAW_VEC, fuse.STD_VEC, *metrics["behaviour_features"]).first()
+    pre = (fuse.preprocess_model(model).transform(inp)
+           .select(fuse.RAW_VEC, fuse.STD_VEC, fuse.WEIGHTED_VEC, *metrics["behaviour_features"]).first())
     if pre is None:
         raise InputError(f"user {user_id!r} has a profile but no behaviour+embedding row on {day}")
     z = pre[fuse.STD_VEC].toArray()
+    x = pre[fuse.WEIGHTED_VEC].toArray()  # what PCA sees: z with the embedding block weighted
     raw = pre[fuse.RAW_VEC].toArray()
-    P = model.stages[4].pc.toArray()
-    comp_sd = np.sqrt(np.maximum(np.array(metrics["component_variance"]), 1e-12))
-    s, contrib, shares = decompose(z, P)
+    P = fuse.pca_stage(model).pc.toArray()
+    comp_var = np.maximum(np.array(metrics["component_variance"]), 1e-12)
+    comp_sd = np.sqrt(comp_var)
+    s, contrib, shares = decompose(x, P, comp_var)
     stats = segment_stats(spark, settings, day)
     pop = stats["population"]
 
     def feature_entry(i: int) -> dict:
         name = names[i]
-        entry = {"feature": name, "standardised": float(z[i]), "model_input": float(raw[i])}
+        # standardised: z; pca_input: z times the block weight (1 for behaviour features).
+        entry = {"feature": name, "standardised": float(z[i]), "pca_input": float(x[i]), "model_input": float(raw[i])}
         if name in pop:
             entry["value"] = pre[name]
             entry["population_mean"] = pop[name]["raw_mean"]
@@ -241,7 +251,7 @@ def render_explanation(e: dict) -> str:
         f"user {e['user_id']} on {e['as_of']} (fusion {e['fusion_version']}): segment {seg['segment_id']} "
         f"of {seg['n_segments']}, {e['distance_sd']:.1f} sd from the centre of the population in profile space.",
         "",
-        "What drives this profile (share of the distance from the centre; loading x standardised value):",
+        "What drives this profile (share of the distance from the centre, from loading x standardised value):",
     ]
     for n, f in enumerate(e["drivers"], start=1):
         lines.append(f"  {n}. {_label(f['feature'])} = {_value_words(f)}: {f['share']:.0%}")

@@ -91,12 +91,18 @@ def test_pca_explained_variance_matches_numpy_svd(spark, built):
     X = np.array([r[0].toArray() for r in rows])
     sd = X.std(axis=0, ddof=1)  # Spark's StandardScaler: unbiased sd, constant columns -> 0
     Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    # The embedding block's weight (recorded in metrics) is part of the matrix PCA sees.
+    nb = len(m["behaviour_features"])
+    assert m["block_weights"]["embedding"] == pytest.approx((1.0 * nb / EMB_DIM) ** 0.5)
+    Z[:, nb:] *= m["block_weights"]["embedding"]
     _, sv, vt = np.linalg.svd(Z, full_matrices=False)
     ratio = sv**2 / np.sum(sv**2)
     np.testing.assert_allclose(m["explained_variance_all"], ratio, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(model.stages[4].explainedVariance.toArray(), ratio[: m["k"]], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fuse.pca_stage(model).explainedVariance.toArray(), ratio[: m["k"]], atol=1e-6, rtol=0)
+    # Component variances (explain's sd units) are the squared singular values / (n - 1).
+    np.testing.assert_allclose(m["component_variance"], (sv**2 / (len(X) - 1))[: m["k"]], rtol=1e-6)
     # The stored profile vectors are that standardised matrix on the same axes (up to sign).
-    P = model.stages[4].pc.toArray()
+    P = fuse.pca_stage(model).pc.toArray()
     assert np.allclose(np.abs(np.sum(P * vt[: m["k"]].T, axis=0)), 1.0, atol=1e-6)
     stored = np.vstack(_profiles(spark, s, DAY1)["profile_vec"].to_numpy())
     np.testing.assert_allclose(stored, Z @ P, atol=1e-4)
@@ -182,7 +188,10 @@ def test_explain_names_the_planted_driver(spark, built):
     assert sds == sorted(sds, reverse=True)
     assert any(PLANTED_DRIVER in [f["feature"] for f in c["features"][:2]] for c in e["components"])
     for c in e["components"]:
-        assert c["features"][0]["contribution"] == pytest.approx(c["features"][0]["loading"] * c["features"][0]["standardised"])
+        for f in c["features"]:
+            assert f["contribution"] == pytest.approx(f["loading"] * f["pca_input"])
+            if not f["feature"].startswith("user_emb["):
+                assert f["pca_input"] == pytest.approx(f["standardised"])
     text = render_explanation(e)
     first = [line for line in text.splitlines() if line.strip().startswith("1.")][0]
     assert PLANTED_DRIVER in first and "2,000" in first

@@ -120,6 +120,10 @@ def test_decompose_shares_sum_to_one_and_match_scores():
     np.testing.assert_allclose(s, P.T @ z)
     np.testing.assert_allclose(contrib.sum(axis=0), s)  # loading x value sums to the score
     assert shares.sum() == pytest.approx(1.0)
+    lam = np.array([4.0, 1.0, 0.25])
+    _, _, wshares = decompose(z, P, lam)  # distance in sd units of each component
+    assert wshares.sum() == pytest.approx(1.0)
+    assert float(np.sum((P.T @ z) ** 2 / lam)) == pytest.approx(float(z @ (P @ ((P.T @ z) / lam))))
     # A user who differs from the centre only in feature 2 is driven by feature 2.
     z2 = np.zeros(6)
     z2[2] = 5.0
@@ -174,3 +178,10 @@ def test_latest_version_per_encoder(tmp_path):
     assert fuse.latest_version(settings, "e1") == "v10"
     assert fuse.latest_version(settings, "e2") == "v2"
     assert fuse.latest_version(settings, "e3") is None
+
+
+def test_block_weights_balance_the_embedding_block():
+    w = fuse.block_weights(27, 32, 0.5)
+    assert w[:27] == [1.0] * 27
+    assert sum(x * x for x in w[27:]) == pytest.approx(0.5 * 27)  # block variance = 0.5 x behaviour's
+    assert fuse.block_weights(3, 0, 0.5) == [1.0, 1.0, 1.0]
