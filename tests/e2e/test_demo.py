@@ -43,18 +43,22 @@ def test_demo_runs_end_to_end_and_reruns_change_nothing(spark, tmp_path):
     first = _demo(home)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
+    tail = f"stdout:\n{out[-3000:]}\nstderr:\n{first.stderr[-3000:]}"
     # One user's online profile (JSON), a training set and an analyst SQL result.
-    assert "online profile of user" in out and "training set" in out and "segment_summary" in out
-    profile = json.loads(out[out.index("{"): out.index("}") + 1])
+    assert "online profile of user" in out and "training set" in out and "segment_summary" in out, tail
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == "{")
+    stop = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
+    profile = json.loads("\n".join(lines[start: stop + 1]))
     assert profile["user_id"] and isinstance(profile["profile_vec"], list) and len(profile["profile_vec"]) >= 1
     assert profile["segment_id"] is not None and profile["views_7d"] is not None
-    assert "demo finished in" in first.stderr
+    assert "demo finished in" in first.stderr, tail
     warehouse = home / "warehouse"
     before = {t: _content(spark, str(warehouse / t.replace(".", "/"))) for t in TABLES}
 
     second = _demo(home)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert re.search(r"new 0, duplicates skipped [1-9]", second.stderr)
-    assert "reusing encoder" in second.stderr
+    assert re.search(r"new 0,\s+duplicates\s+skipped\s+[1-9]", second.stderr), second.stderr[-3000:]
+    assert "reusing encoder" in second.stderr, second.stderr[-3000:]
     after = {t: _content(spark, str(warehouse / t.replace(".", "/"))) for t in TABLES}
     assert after == before
