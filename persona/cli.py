@@ -124,6 +124,7 @@ COMMAND_MODULES = [
     "persona.commands.serve",
     "persona.commands.sql",
     "persona.commands.encoder",
+    "persona.commands.maintain",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)
