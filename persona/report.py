@@ -271,8 +271,13 @@ def render_html(data: dict) -> str:
         "</div>",
         "<h2>Explained variance</h2>",
         f"<img alt='explained variance' src='{variance_chart(m)}'>",
-        f"<p class='note'>k = {m['k']}: the fewest components reaching {m['variance_threshold']:.0%} of the "
-        f"variance of the standardised inputs (capped at {m['max_k']}).</p>",
+        "<p class='note'>" + (
+            f"k = {m['k']}: the fewest components reaching {m['variance_threshold']:.0%} of the variance of the "
+            f"standardised inputs (cap {m['max_k']})."
+            if m["cumulative_explained_variance"] >= m["variance_threshold"] - 1e-9 else
+            f"k = {m['k']}: the cap (max_k); {m['cumulative_explained_variance']:.0%} of the variance kept, "
+            f"short of the {m['variance_threshold']:.0%} threshold."
+        ) + "</p>",
         "<h2>Segments</h2>",
         f"<img alt='segment sizes' src='{segments_chart(stats, data['profiles'])}'>",
         "<table><tr><th>segment</th><th>users</th><th>share</th><th>what distinguishes it (z of segment mean)</th></tr>",
