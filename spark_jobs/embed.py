@@ -234,6 +234,8 @@ def run(
         raise InputError(f"start {start} is after end {end}")
     model_dir = resolve_model(settings, version)
     days = seqs.where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
+    if days.limit(1).count() == 0:  # partition-pruned: reads at most one file
+        raise NotBuiltError(f"no sequences between {start} and {end} in {SEQUENCES}")
 
     cfg = settings.encoder
     cores = spark.sparkContext.defaultParallelism
@@ -259,8 +261,6 @@ def run(
             .where((F.col("as_of_date") >= F.lit(start)) & (F.col("as_of_date") <= F.lit(end)))
             .count()
         )
-    if written == 0:
-        raise NotBuiltError(f"no sequences between {start} and {end} in {SEQUENCES}")
     return {
         "table": EMBEDDINGS,
         "start": start.isoformat(),
