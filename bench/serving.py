@@ -206,6 +206,10 @@ def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rc
         return s
 
     s = fresh("home-persona")
+    # Warm-up (untimed): the first Spark queries of a session pay for JIT and Delta log
+    # caches, which would otherwise land on whichever contender runs first.
+    serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    rclient.flushall()
     summary = serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
     assert summary["views"]["user_behaviour"] == users, summary
     res["materialize_s"] = summary["seconds"]
@@ -380,8 +384,9 @@ def bench_historical(spark, settings, users: int, days: int, rows: int, last_day
 def _duckdb_historical(settings, entity, work: Path) -> float:
     import runpy
 
+    from deltalake import DeltaTable
     from feast import FeatureService, FeatureStore, FeatureView, FileSource, RepoConfig
-    from feast.data_format import DeltaFormat
+    from feast.data_format import ParquetFormat
 
     from persona import serving
 
@@ -392,9 +397,15 @@ def _duckdb_historical(settings, entity, work: Path) -> float:
     for name in ("user_behaviour", "user_embedding", "user_profile"):
         fv = ns[name]
         src = fv.batch_source
+        # DuckDB reads Delta through its delta extension, which it downloads on first use
+        # (no network here): read the table's Parquet files instead. The bench writes each
+        # table once, so every file under it is live (checked against the Delta log).
+        files = sorted(Path(src.path).glob("*/*.parquet"))
+        live = DeltaTable(src.path).file_uris()
+        assert len(files) == len(live), f"{src.path}: stale files, not comparable"
         views[name] = FeatureView(
             name=name, entities=[ns["user"]], ttl=fv.ttl, schema=list(fv.schema),
-            source=FileSource(name=src.name, path=src.path, file_format=DeltaFormat(),
+            source=FileSource(name=src.name, path=f"{src.path}/*/*.parquet", file_format=ParquetFormat(),
                               timestamp_field="event_timestamp", created_timestamp_column="created_timestamp"),
             online=False)
         objects.append(views[name])
