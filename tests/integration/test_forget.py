@@ -342,3 +342,17 @@ def test_forget_without_a_key_is_one_clear_error(fsettings, monkeypatch):
         target_ids(fsettings, [A])
     with pytest.raises(InputError, match="must not be empty"):
         target_ids(fsettings, [" "])
+
+
+def test_cli_asks_first_and_states_the_overridden_retention(tmp_path):
+    """Without --yes nothing happens until the user agrees (no Spark started either)."""
+    from typer.testing import CliRunner
+
+    from persona.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "h"), "forget", "u1"], input="n\n")
+    assert result.exit_code != 0
+    text = result.output
+    assert "OVERRIDING delta.deletedFileRetentionDuration" in text and "delta.logRetentionDuration" in text
+    assert "bronze.events_quarantine" in text and "gold.user_profiles" in text
+    assert not (tmp_path / "h" / "warehouse").exists()
