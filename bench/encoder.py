@@ -183,8 +183,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer users (about two minutes)")
     ap.add_argument("--quality", action="store_true", help="also train and evaluate on generated and real data")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="only the quality runs, merged into the existing results file")
     ap.add_argument("--users", type=int, default=None, help="rows to embed (default 1M, quick 200k)")
     args = ap.parse_args(argv)
+    if args.quality_only:
+        work = Path(tempfile.mkdtemp(prefix="persona-bench-encoder-"))
+        try:
+            quality = _quality(work, args.quick)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        result["quality"] = quality
+        for name, q in quality.items():
+            _print_table(f"quality: {name}", list(q.items()))
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     users = args.users or (200_000 if args.quick else 1_000_000)
 
     from persona.config import load_settings

@@ -6,9 +6,10 @@ Output: ``gold.user_embeddings`` (one row per user per as_of_date; partitioned b
 as_of_date, written with replaceWhere so re-running a day replaces exactly that day):
 ``user_id, as_of_date, event_timestamp, created_timestamp, user_emb, encoder_version``.
 
-Inference runs in Python workers over Arrow batches (``mapInPandas``, iterator form)
-and calls :func:`encoders.predict.load` / the same numpy predict function the tests call
-without Spark. What keeps it near in-process speed on a small machine:
+Inference runs in Python workers over Arrow batches (``mapInPandas``, iterator form; or
+``mapInArrow`` with ``settings.encoder.udf = "arrow"``, which skips the pandas conversion
+of the list columns) and calls :func:`encoders.predict.load` / the same numpy predict
+function the tests call without Spark. What keeps it near in-process speed on a small machine:
 - the model is loaded once per (reused) Python worker, cached by path, not per batch
   or partition (``spark.python.worker.reuse`` is on in the session factory);
 - TensorFlow gets ``settings.encoder.threads_per_task`` threads (the cores one task
