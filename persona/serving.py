@@ -23,24 +23,13 @@ import os
 import runpy
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
-
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import yaml
 
 from persona.errors import InputError, NotBuiltError, PersonaError, ServiceError
-
-
-
-def _quiet_feast() -> None:
-    """Feast warns "alpha" on every Spark call; persona pins the versions it tested.
-    Feast's spark module installs its own filter on import, so ours goes after it."""
-    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
-
-    warnings.filterwarnings("ignore", message=r"The spark (offline store|data source API) is an experimental",
-                            category=RuntimeWarning)
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -62,6 +51,15 @@ VIEW_TABLES = {
 ENGINE = "persona.feast_engine.PersonaSparkEngine"
 
 
+def _quiet_feast() -> None:
+    """Feast warns "alpha" on every Spark call; persona pins the versions it tested.
+    Feast's spark module installs its own filter on import, so ours goes after it."""
+    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+    warnings.filterwarnings("ignore", message=r"The spark (offline store|data source API) is an experimental",
+                            category=RuntimeWarning)
+
+
 # ---- configuration ------------------------------------------------------------------
 def feast_dir(settings: "Settings") -> Path:
     return settings.feast_dir
@@ -71,7 +69,9 @@ def _registry_config(settings: "Settings") -> dict:
     f = settings.feast
     if f.registry_url:
         # A shared SQL registry (PostgreSQL, MySQL, SQLite via SQLAlchemy URL).
-        return {"registry_type": "sql", "path": f.registry_url,
+        # cache_mode thread: a serving process refreshes its copy in the background, so no
+        # request waits on the database when the cache expires (Feast's latency advice).
+        return {"registry_type": "sql", "path": f.registry_url, "cache_mode": "thread",
                 "cache_ttl_seconds": f.registry_cache_ttl_s, "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
     return {"registry_type": "file", "path": str(feast_dir(settings) / "registry.db"),
             "cache_ttl_seconds": f.registry_cache_ttl_s}
@@ -89,9 +89,8 @@ def _online_config(settings: "Settings") -> dict:
 
 def config_dict(settings: "Settings", engine: str | None = None) -> dict:
     """The Feast configuration for ``settings``, as the dict a feature_store.yaml holds."""
-    from spark_jobs.session import spark_conf
-
     from spark_jobs.jars import JarsMissing
+    from spark_jobs.session import spark_conf
 
     f = settings.feast
     if engine is None:
