@@ -9,7 +9,9 @@ previous table version readable.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable
+import random
+import time
+from typing import Callable, Iterable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -39,6 +41,48 @@ def _sql_date(d: dt.date) -> str:
     return f"DATE'{d.isoformat()}'"
 
 
+# Delta's optimistic concurrency control fails a commit that conflicts with one that
+# landed since this writer read the table: two jobs creating the same table at once
+# (ProtocolChanged / MetadataChanged), or overlapping ranges (ConcurrentAppend /
+# ConcurrentDeleteRead). Re-running the writes below is safe: what they leave depends
+# only on their input and range (replaceWhere) or on nothing (an empty table), so a
+# retry converges to what a serial run leaves. Bounded, with a jittered backoff.
+CONFLICT_RETRIES = 4
+
+
+def _conflict_types() -> tuple[type, ...]:
+    # Importing delta.exceptions installs the conversion of the JVM's exceptions into
+    # these classes.
+    from delta import exceptions as dx
+
+    return (
+        dx.ProtocolChangedException, dx.MetadataChangedException, dx.ConcurrentAppendException,
+        dx.ConcurrentDeleteReadException, dx.ConcurrentDeleteDeleteException,
+        dx.ConcurrentWriteException, dx.ConcurrentTransactionException,
+        dx.DeltaConcurrentModificationException,
+    )
+
+
+def retry_conflicts(write: Callable[[], None], retries: int = CONFLICT_RETRIES) -> int:
+    """Run ``write`` (an idempotent Delta write), retrying it on a concurrent-commit
+    conflict; returns the number of retries it took."""
+    conflicts = _conflict_types()
+    for attempt in range(retries + 1):
+        try:
+            write()
+            return attempt
+        except conflicts as exc:
+            if attempt == retries:
+                raise
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "concurrent Delta commit (%s); retrying the write (%d/%d)",
+                type(exc).__name__, attempt + 1, retries)
+            time.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random()))
+    return retries
+
+
 def replace_where(
     df: DataFrame,
     path: str,
@@ -56,16 +100,20 @@ def replace_where(
     out = conform(df, schema)
     predicate = f"{partition_col} >= {_sql_date(start)} AND {partition_col} <= {_sql_date(end)}"
     writer = out.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
-    writer.partitionBy(*(partition_by or [partition_col])).save(path)
+    writer = writer.partitionBy(*(partition_by or [partition_col]))
+    retry_conflicts(lambda: writer.save(path))
 
 
 def create_if_missing(spark: SparkSession, path: str, schema: StructType, partition_by: list[str]) -> None:
     """An empty table with the right schema, so readers never meet a missing path."""
-    if is_delta(spark, path):
-        return
-    spark.createDataFrame([], schema).write.format("delta").mode("append").partitionBy(
-        *partition_by
-    ).save(path)
+    def create() -> None:
+        if is_delta(spark, path):  # a concurrent job may have created it meanwhile
+            return
+        spark.createDataFrame([], schema).write.format("delta").mode("append").partitionBy(
+            *partition_by
+        ).save(path)
+
+    retry_conflicts(create)
 
 
 def partition_values(spark: SparkSession, path: str, col: str) -> list:
