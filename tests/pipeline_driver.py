@@ -168,6 +168,15 @@ def canon_rows(rows: list[dict]) -> list:
     return [_canon(r) for r in rows]
 
 
+def baseline_dir(tmp_path_factory) -> Path:
+    """Where the session's baseline lives: under the session's temp dir, or (developing
+    these tests) a fixed folder named by PERSONA_TEST_BASELINE so reruns skip it."""
+    import os
+
+    fixed = os.environ.get("PERSONA_TEST_BASELINE")
+    return Path(fixed) if fixed else tmp_path_factory.getbasetemp() / "persona-baseline"
+
+
 def baseline(spark, base_dir) -> dict:
     """The whole pipeline run once locally in this process (embedded defaults: SQLite
     online store), memoised under ``base_dir`` so every test module of a session compares

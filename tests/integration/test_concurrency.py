@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_driver import baseline, make_settings, table_hash
+from pipeline_driver import baseline, baseline_dir, make_settings, table_hash
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ SILVER = ("silver.user_sequences", "silver.user_behaviour")
 
 @pytest.fixture(scope="module")
 def first(spark, tmp_path_factory):
-    return baseline(spark, tmp_path_factory.getbasetemp() / "persona-baseline")
+    return baseline(spark, baseline_dir(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def _hashes(home: Path) -> dict:
 def test_backfill_and_refresh_create_the_tables_together(spark, home, first):
     settings = make_settings(home, behaviour__backfill_chunk_days=2)
     r = _race(spark, settings, first, force=False)
-    assert r["backfill"]["days_built"] == 9 and r["backfill"]["passes"] == 5
+    assert r["backfill"]["days_built"] == 9 and len(r["backfill"]["passes"]) == 5
     assert r["refresh"]["as_of"] == first["last_day"]
     assert _hashes(home) == {t: first["hashes"][t] for t in SILVER}
 

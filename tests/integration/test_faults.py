@@ -34,6 +34,7 @@ from pipeline_driver import (
     SERVICE,
     TEST_ENV,
     baseline,
+    baseline_dir,
     canon_rows,
     make_log,
     make_settings,
@@ -50,7 +51,7 @@ SILVER = ("silver.user_sequences", "silver.user_behaviour")
 
 @pytest.fixture(scope="module")
 def first(spark, tmp_path_factory):
-    return baseline(spark, tmp_path_factory.getbasetemp() / "persona-baseline")
+    return baseline(spark, baseline_dir(tmp_path_factory))
 
 
 def _path(home: Path, table: str) -> Path:

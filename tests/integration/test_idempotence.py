@@ -17,14 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_driver import SERVICE, baseline, canon_rows, make_settings, table_hash, table_version
+from pipeline_driver import (
+    SERVICE,
+    baseline,
+    baseline_dir,
+    canon_rows,
+    make_settings,
+    table_hash,
+    table_version,
+    warehouse_hashes,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def first(spark, tmp_path_factory):
-    return baseline(spark, tmp_path_factory.getbasetemp() / "persona-baseline")
+    return baseline(spark, baseline_dir(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +68,6 @@ def _same_after(home: Path, tables: list[str], run, must_rewrite: bool = True) -
 
 
 def test_the_copy_starts_equal_to_the_first_run(home, first):
-    from pipeline_driver import warehouse_hashes
-
     assert warehouse_hashes(home) == first["hashes"]
 
 
