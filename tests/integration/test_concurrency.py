@@ -88,3 +88,41 @@ def test_backfill_and_refresh_rewrite_existing_days_together(spark, home, first)
     r = _race(spark, settings, first, force=True)
     assert r["backfill"]["days_built"] == 9
     assert _hashes(home) == {t: first["hashes"][t] for t in SILVER}
+
+
+def test_writers_racing_to_create_a_table_all_land(spark, tmp_path, caplog):
+    """Four writers of disjoint days start at once on a table that does not exist: Delta
+    lets one create it and fails the others' commits; ``replace_where`` retries those,
+    so every day lands exactly once."""
+    import logging
+
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DateType, LongType, StructField, StructType
+
+    from spark_jobs import delta_io
+
+    schema = StructType([StructField("as_of_date", DateType()), StructField("n", LongType())])
+    path = str(tmp_path / "raced")
+    days = [dt.date(2024, 1, d) for d in range(1, 5)]
+    gate = threading.Barrier(len(days))
+    errors: list[BaseException] = []
+
+    def write(day: dt.date) -> None:
+        try:
+            df = spark.range(10).select(F.lit(day).alias("as_of_date"), F.col("id").alias("n"))
+            gate.wait()
+            delta_io.replace_where(df, path, schema, "as_of_date", day, day)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="spark_jobs.delta_io"):
+        threads = [threading.Thread(target=write, args=(d,)) for d in days]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+    assert not errors, [f"{type(e).__name__}: {str(e)[:200]}" for e in errors]
+    rows = spark.read.format("delta").load(path).groupBy("as_of_date").count().collect()
+    assert {r["as_of_date"]: r["count"] for r in rows} == {d: 10 for d in days}
+    retried = [r for r in caplog.records if "retrying the write" in r.getMessage()]
+    print(f"{len(retried)} conflicting commits retried")
