@@ -329,7 +329,6 @@ def _forget_sqlite(path, keys: list[bytes]) -> dict:
     con = sqlite3.connect(str(path))
     entries = rows = 0
     try:
-        marks = ",".join("?" * len(keys))
         with con:
             tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             for t in tables:
@@ -337,10 +336,14 @@ def _forget_sqlite(path, keys: list[bytes]) -> dict:
                 cols = {r[1] for r in con.execute(f"PRAGMA table_info({quoted})")}
                 if "entity_key" not in cols:
                     continue
-                entries += con.execute(
-                    f"SELECT COUNT(DISTINCT entity_key) FROM {quoted} WHERE entity_key IN ({marks})", keys
-                ).fetchone()[0]
-                rows += con.execute(f"DELETE FROM {quoted} WHERE entity_key IN ({marks})", keys).rowcount
+                # SQLite caps bound parameters per statement: chunks of 500 keys.
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    entries += con.execute(
+                        f"SELECT COUNT(DISTINCT entity_key) FROM {quoted} WHERE entity_key IN ({marks})", chunk
+                    ).fetchone()[0]
+                    rows += con.execute(f"DELETE FROM {quoted} WHERE entity_key IN ({marks})", chunk).rowcount
         # Deleted rows linger in free pages until the file is rebuilt.
         con.execute("VACUUM")
     finally:
@@ -374,12 +377,13 @@ def forget_online(settings, ids: Sequence[str]) -> list[dict]:
         try:
             client = _redis_client(cfg["connection_string"])
             try:
-                n = client.delete(*[k + project for k in keys])
+                redis_keys = [k + project for k in keys]
+                n = sum(client.delete(*redis_keys[i:i + 1000]) for i in range(0, len(redis_keys), 1000))
             finally:
                 client.close()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise ServiceError(f"Redis online store at {cfg['connection_string']} is unreachable: "
-                               "the tables are clean, re-run forget to remove the online entries") from exc
+                               "re-run forget once it is back to remove the online entries") from exc
         out.append({"store": "redis", "where": cfg["connection_string"], "entries_deleted": int(n),
                     "rows_deleted": int(n)})
     return out

@@ -356,3 +356,20 @@ def test_cli_asks_first_and_states_the_overridden_retention(tmp_path):
     assert "OVERRIDING delta.deletedFileRetentionDuration" in text and "delta.logRetentionDuration" in text
     assert "bronze.events_quarantine" in text and "gold.user_profiles" in text
     assert not (tmp_path / "h" / "warehouse").exists()
+
+
+def test_redis_down_fails_before_anything_is_deleted(spark, tmp_path):
+    import socket
+
+    from persona.errors import ServiceError
+    from spark_jobs.maintenance import run_forget
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(home=tmp_path / "h", environ={
+        "PERSONA__FEAST__ONLINE_STORE": "redis", "PERSONA__FEAST__REDIS_CONNECTION": f"127.0.0.1:{port}"})
+    called = []
+    with pytest.raises(ServiceError, match="unreachable.*nothing was deleted"):
+        run_forget(spark, settings, ["u1"], progress=called.append)
+    assert called == []  # no table was touched
