@@ -125,6 +125,7 @@ COMMAND_MODULES = [
     "persona.commands.sql",
     "persona.commands.encoder",
     "persona.commands.maintain",
+    "persona.commands.quality",
 ]
 for _name in COMMAND_MODULES:
     importlib.import_module(_name)
