@@ -151,6 +151,9 @@ class FeastSettings(_Section):
     ttl_days: int = 30
     server_port: int = 6566
     server_host: str = "127.0.0.1"
+    # `persona serve`: "persona" (persona/feast_server.py: a lean threaded server speaking
+    # Feast's /get-online-features JSON through the SDK) or "feast" (Feast's FastAPI server).
+    server: Literal["persona", "feast"] = "persona"
     # Materialization: "persona" (Spark executors encode Feast's Redis bytes from
     # Arrow batches and pipeline them), "spark" (Feast's spark.engine) or "local".
     batch_engine: Literal["persona", "spark", "local"] = "persona"
@@ -158,6 +161,10 @@ class FeastSettings(_Section):
     pipeline_rows: int = 500
     # Who encodes and writes to Redis: the driver (local masters, "auto"), or the executors.
     write_from: Literal["auto", "driver", "executors"] = "auto"
+    # Who reads the latest row per user when writing from the driver: delta-rs ("delta",
+    # no Spark job), Spark running Feast's query ("spark"), or "auto" (delta for local
+    # Delta tables it can read as plain Parquet, else Spark).
+    materialize_read: Literal["auto", "spark", "delta"] = "auto"
     # How long a serving process trusts its cached registry before re-reading it.
     registry_cache_ttl_s: int = 60
     # Redis reads through persona.feast_online (same data and responses as Feast's

@@ -24,15 +24,18 @@ keys) goes through Feast's own code.
 from __future__ import annotations
 
 import struct
+import threading
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feast import utils
 from feast.infra.online_stores.helpers import _mmh3
 from feast.infra.online_stores.redis import RedisClient, RedisOnlineStore, RedisOnlineStoreConfig
 from feast.online_response import OnlineResponse
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
 STORE_TYPE = "persona.feast_online.PersonaRedisOnlineStore"
@@ -69,6 +72,22 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 
 _PRESENT = b"\x01"  # FieldStatus.PRESENT
+# tag + length prefixes of short length-delimited fields, per tag.
+_PREFIXES: Dict[bytes, List[bytes]] = {}
+
+
+def _repeated(tag: bytes, values: Sequence[Optional[bytes]]) -> bytes:
+    """``tag len value`` for each value (None counts as b""): a repeated message field.
+    Joined through ``map`` (C loops): this runs once per feature per request."""
+    prefixes = _PREFIXES.get(tag)
+    if prefixes is None:
+        prefixes = _PREFIXES[tag] = [tag + v for v in _VARINTS]
+    if None in values:
+        values = [v or b"" for v in values]
+    try:
+        return b"".join(map(bytes.__add__, map(prefixes.__getitem__, map(len, values)), values))
+    except IndexError:  # a value of 16 KiB or more
+        return b"".join([_field(tag, v) for v in values])
 
 
 class _TsCanon:
@@ -102,13 +121,39 @@ _LISTS = frozenset(("double_list_val", "float_list_val", "int32_list_val", "int6
 
 
 class PersonaOnlineResponse(OnlineResponse):
-    """``OnlineResponse`` whose ``to_dict`` dispatches on the value kind once per value."""
+    """``OnlineResponse`` that decodes ``to_dict`` from Redis' bytes and builds its
+    ``proto`` only when something reads it (the SDK's usual ``to_dict()`` never does)."""
+
+    # Set by PersonaRedisOnlineStore: ({column name: (reply column, ValueType)},); None
+    # when the response came through Feast's own path.
+    _raw: Optional[Tuple[Dict[str, Tuple[Sequence[Optional[bytes]], Any]]]] = None
+
+    @property  # type: ignore[override]
+    def proto(self):
+        d = self.__dict__
+        pending = d.pop("_pending", None)
+        if pending is not None:  # append the features' columns after the join keys
+            store, plan, columns, full_feature_names = pending
+            d["proto"].MergeFromString(store._response_bytes(plan, columns, full_feature_names))
+        return d["proto"]
+
+    @proto.setter
+    def proto(self, value) -> None:
+        self.__dict__["proto"] = value
 
     def to_dict(self, include_event_timestamps: bool = False) -> Dict[str, Any]:
         from feast.online_response import TIMESTAMP_POSTFIX
 
+        raw = None if include_event_timestamps else self._raw
+        # Without timestamps, and with the features not merged into the proto yet, the
+        # proto holds just the join keys; the features follow in the order they would.
+        proto = self.__dict__["proto"] if raw is not None else self.proto
+        decoded = _decode_columns(raw[0]) if raw is not None else {}
         response: Dict[str, List[Any]] = {}
-        for feature_ref, vector in zip(self.proto.metadata.feature_names.val, self.proto.results):
+        for feature_ref, vector in zip(proto.metadata.feature_names.val, proto.results):
+            if feature_ref in decoded:
+                response[feature_ref] = decoded[feature_ref]
+                continue
             ftype = self._feature_types.get(feature_ref)
             values = vector.values
             kind = _KIND.get(ftype.name) if ftype is not None else None
@@ -122,6 +167,9 @@ class PersonaOnlineResponse(OnlineResponse):
             response[feature_ref] = column
             if include_event_timestamps:
                 response[feature_ref + TIMESTAMP_POSTFIX] = [ts.seconds for ts in vector.event_timestamps]
+        for feature_ref, column in decoded.items():
+            if feature_ref not in response:  # not merged into the proto (yet)
+                response[feature_ref] = column
         return response
 
 
@@ -142,6 +190,106 @@ _KIND = {
 }
 
 
+def _column_message():
+    """A message whose field k is ``repeated <type of Value's oneof member k>``.
+
+    Serialized ``ValueProto``s concatenated are then a valid encoding of it: each value's
+    single oneof field lands in the repeated field of the same number, so one C parse
+    decodes a whole column, and a value of another kind shows up as a short count.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    T = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="persona/feast_column.proto", package="persona", syntax="proto3")
+    lists = {"BytesL": T.TYPE_BYTES, "StringL": T.TYPE_STRING, "Int32L": T.TYPE_INT32, "Int64L": T.TYPE_INT64,
+             "DoubleL": T.TYPE_DOUBLE, "FloatL": T.TYPE_FLOAT, "BoolL": T.TYPE_BOOL}
+    for name, typ in lists.items():
+        fdp.message_type.add(name=name).field.add(name="val", number=1, type=typ, label=T.LABEL_REPEATED)
+    column = fdp.message_type.add(name="Column")
+    for name, number, typ in (("bytes_val", 1, T.TYPE_BYTES), ("string_val", 2, T.TYPE_STRING),
+                              ("int32_val", 3, T.TYPE_INT32), ("int64_val", 4, T.TYPE_INT64),
+                              ("double_val", 5, T.TYPE_DOUBLE), ("float_val", 6, T.TYPE_FLOAT),
+                              ("bool_val", 7, T.TYPE_BOOL)):
+        column.field.add(name=name, number=number, type=typ, label=T.LABEL_REPEATED)
+    for name, number, msg in (("bytes_list_val", 11, "BytesL"), ("string_list_val", 12, "StringL"),
+                              ("int32_list_val", 13, "Int32L"), ("int64_list_val", 14, "Int64L"),
+                              ("double_list_val", 15, "DoubleL"), ("float_list_val", 16, "FloatL"),
+                              ("bool_list_val", 17, "BoolL")):
+        column.field.add(name=name, number=number, type=T.TYPE_MESSAGE, type_name=f".persona.{msg}",
+                         label=T.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("persona.Column"))
+
+
+_Column = _column_message()
+
+
+def _decode_columns(named: Dict[str, Tuple[Sequence[Optional[bytes]], Any]]) -> Dict[str, List[Any]]:
+    """Every column of a response decoded from Redis' bytes: the null-free columns of
+    one value kind are concatenated and parsed together (one C parse per kind, not per
+    feature: most of the time of a one-user lookup otherwise); the rest column by column."""
+    out: Dict[str, List[Any]] = {}
+    groups: Dict[str, List[Tuple[str, Sequence[bytes]]]] = {}
+    for ref, (column, value_type) in named.items():
+        kind = _KIND.get(value_type.name)
+        if kind is None or not column or None in column or b"" in column:
+            out[ref] = _decode_column(column, value_type)
+        else:
+            groups.setdefault(kind, []).append((ref, column))
+    for kind, columns in groups.items():
+        n = len(columns[0][1])
+        try:
+            got = getattr(_Column.FromString(b"".join([b"".join(c) for _, c in columns])), kind)
+        except DecodeError:
+            got = ()
+        if len(got) != n * len(columns):  # a value of another kind somewhere: one by one
+            for ref, column in columns:
+                out[ref] = _decode_column(column, named[ref][1])
+            continue
+        values = list(got) if kind in _SCALARS else [list(x.val) for x in got]
+        for k, (ref, _) in enumerate(columns):
+            out[ref] = values[k * n:(k + 1) * n]
+    return out
+
+
+def _decode_column(raw: Sequence[Optional[bytes]], value_type) -> List[Any]:
+    """Python values of serialized ``ValueProto``s (b"" or None: null), as Feast's
+    ``to_dict`` returns them: one bytes join and one C protobuf parse per column (see
+    ``_column_message``); one ``Value`` parse per value when anything is unexpected.
+    """
+    kind = _KIND.get(value_type.name)
+    if kind is not None:
+        if None in raw:
+            present = [v for v in raw if v]
+            n = len(present)
+        else:
+            present = raw
+            n = len(raw) - raw.count(b"")
+        try:
+            got = getattr(_Column.FromString(b"".join(present)), kind)
+        except DecodeError:
+            got = ()
+        if n and len(got) == n:
+            values = list(got) if kind in _SCALARS else [list(x.val) for x in got]
+            if n == len(raw):
+                return values
+            it = iter(values)
+            return [next(it) if v else None for v in raw]
+    out: List[Any] = []
+    for v in raw:
+        if not v:
+            out.append(None)
+            continue
+        value = ValueProto.FromString(v)
+        if kind is not None and value.HasField(kind):
+            got = getattr(value, kind)
+            out.append(list(got.val) if kind in _LISTS else got)
+        else:
+            out.append(_slow(value, value_type))
+    return out
+
+
 class _Plan:
     """How to read one request: the Redis keys, the HMGET field list, and where each
     feature view's fields sit in the reply."""
@@ -156,17 +304,46 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
         super().__init__()
         self._fields_cache: Dict[Tuple, Tuple[bytes, int, list]] = {}
         self._ts = _TsCanon()
+        self._types: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
+        self._feature_types_cache: Dict[Tuple, Tuple[list, Dict[str, Any]]] = {}
+        # The raw replies of this thread's last read, handed from _read_features_per_fv
+        # to get_online_features (Feast's flow in between only sees the proto).
+        self._local = threading.local()
 
     # -- public entry points: same contract, faster to_dict --------------------------------
-    def get_online_features(self, *args, **kwargs) -> OnlineResponse:
-        response = super().get_online_features(*args, **kwargs)
+    def get_online_features(self, config, features, *args, **kwargs) -> OnlineResponse:
+        local = self._local
+        local.raw = None
+        local.views = _plain_views(features)
+        try:
+            response = super().get_online_features(config, features, *args, **kwargs)
+            raw = local.raw
+        finally:
+            local.raw = local.views = None
         response.__class__ = PersonaOnlineResponse
+        if raw is not None and raw[0] is response.__dict__["proto"]:
+            response._raw = (raw[1],)
+            if raw[2] is not None:
+                response.__dict__["_pending"] = raw[2]
         return response
 
     async def get_online_features_async(self, *args, **kwargs) -> OnlineResponse:
         response = await super().get_online_features_async(*args, **kwargs)
         response.__class__ = PersonaOnlineResponse
         return response
+
+    def _build_feature_types(self, grouped_refs: List) -> Dict[str, Any]:
+        """Feast's name -> ValueType map, cached per (views, requested features): it
+        walks every field of every view on each request otherwise."""
+        key = tuple((id(t), tuple(r)) for t, r in grouped_refs)
+        hit = self._feature_types_cache.get(key)
+        if hit is not None and all(a is t for a, (t, _) in zip(hit[0], grouped_refs)):
+            return hit[1]
+        types = RedisOnlineStore._build_feature_types(grouped_refs)
+        if len(self._feature_types_cache) > 1000:
+            self._feature_types_cache.clear()
+        self._feature_types_cache[key] = ([t for t, _ in grouped_refs], types)
+        return types
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, config, grouped_refs, join_key_values, entity_name_to_join_key_map) -> Optional[_Plan]:
@@ -241,36 +418,33 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
         return b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, blob) for k in plan.keys)
 
     # -- response assembly -------------------------------------------------------------------
-    def _response_bytes(self, plan: _Plan, replies: List[List[Optional[bytes]]], full_feature_names: bool) -> bytes:
+    @staticmethod
+    def _columns(plan: _Plan, replies: List[List[Optional[bytes]]]) -> List[Sequence[Optional[bytes]]]:
+        """The replies transposed: one tuple per HMGET field, one entry per *output* row
+        (rows permuted/duplicated once here, not per column)."""
+        if not (plan.identity and plan.output_len == len(replies)):
+            where = [0] * plan.output_len  # output row -> unique entity
+            for u, dests in enumerate(plan.idxs):
+                for d in dests:
+                    where[d] = u
+            replies = [replies[u] for u in where]
+        return list(zip(*replies)) if replies else [()] * plan.n_fields
+
+    def _response_bytes(self, plan: _Plan, columns: List[Sequence[Optional[bytes]]], full_feature_names: bool) -> bytes:
         out_len = plan.output_len
-        where = [0] * out_len  # output row -> unique entity
-        for u, dests in enumerate(plan.idxs):
-            for d in dests:
-                where[d] = u
         names: List[bytes] = []
         results: List[bytes] = []
-        statuses = b"\x12" + _vi(out_len) + _PRESENT * out_len
+        statuses = (b"\x12" + _vi(out_len) + _PRESENT * out_len) if out_len else b""
         ts_canon = self._ts
-        vi = _VARINTS
         for table, requested, start in plan.tables:
-            ts_col = start + len(requested)
-            ts_rows = [ts_canon(reply[ts_col]) for reply in replies]
-            ts_part = b"".join([b"\x1a" + vi[len(ts_rows[u])] + ts_rows[u] for u in where])
+            ts_part = _repeated(b"\x1a", [ts_canon(v) for v in columns[start + len(requested)]])
             table_name = table.projection.name_to_use()
             for j, feature in enumerate(requested):
                 ref = f"{table_name}__{feature}" if full_feature_names else feature
                 names.append(_field(b"\x0a", ref.encode()))
-                col = start + j
-                # One FeatureVector.values entry per unique entity (raw ValueProto bytes).
-                encoded = [b"\x0a\x00" if not v else
-                           (b"\x0a" + vi[len(v)] + v if len(v) < 16384 else _field(b"\x0a", v))
-                           for v in [reply[col] for reply in replies]]
-                if len(where) == len(encoded) and plan.identity:
-                    values = b"".join(encoded)
-                else:
-                    values = b"".join([encoded[u] for u in where])
-                # FeatureVector: values (1, one entry per row), statuses (2, packed), timestamps (3).
-                results.append(_field(b"\x12", values + (statuses if out_len else b"") + ts_part))
+                # FeatureVector: values (1: the raw ValueProto bytes, b"" = null), statuses
+                # (2, packed), event_timestamps (3).
+                results.append(_field(b"\x12", _repeated(b"\x0a", columns[start + j]) + statuses + ts_part))
         metadata = _field(b"\x0a", _field(b"\x0a", b"".join(names)))
         return metadata + b"".join(results)
 
@@ -285,7 +459,35 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
                 config, grouped_refs, join_key_values, entity_name_to_join_key_map,
                 online_features_response, full_feature_names, include_feature_view_version_metadata)
         replies = self._hmget_all(config, plan) if plan.keys else []
-        online_features_response.MergeFromString(self._response_bytes(plan, replies, full_feature_names))
+        columns = self._columns(plan, replies)
+        named = self._raw_columns(plan, columns, full_feature_names)
+        views = getattr(self._local, "views", None)
+        if views is not None and views == {t.projection.name_to_use() for t, _ in grouped_refs}:
+            # Only plain feature views requested (no on-demand view reads the proto in
+            # between): the proto is completed when, and if, someone reads it.
+            self._local.raw = (online_features_response, named, (self, plan, columns, full_feature_names))
+            return
+        online_features_response.MergeFromString(self._response_bytes(plan, columns, full_feature_names))
+        self._local.raw = (online_features_response, named, None)
+
+    def _raw_columns(self, plan: _Plan, columns: List[Sequence[Optional[bytes]]], full_feature_names: bool):
+        """feature name -> (its HMGET column in output-row order, ValueType)."""
+        named: Dict[str, Tuple[Sequence[Optional[bytes]], Any]] = {}
+        for table, requested, start in plan.tables:
+            # Keyed by the view object (Feast re-creates it when the registry changes);
+            # the entry holds the view, so its id cannot be reused while cached.
+            cached = self._types.get(id(table))
+            if cached is None or cached[0] is not table:
+                if len(self._types) > 1000:
+                    self._types.clear()
+                cached = (table, {f.name: f.dtype.to_value_type() for f in table.features})
+                self._types[id(table)] = cached
+            types = cached[1]
+            table_name = table.projection.name_to_use()
+            for j, feature in enumerate(requested):
+                ref = f"{table_name}__{feature}" if full_feature_names else feature
+                named[ref] = (columns[start + j], types[feature])
+        return named
 
     def _hmget_all(self, config, plan: _Plan) -> List[List[Optional[bytes]]]:
         from feast.infra.online_stores.redis import RedisType
@@ -335,7 +537,20 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
                 raise
             finally:
                 await pool.release(conn)
-        online_features_response.MergeFromString(self._response_bytes(plan, replies, full_feature_names))
+        online_features_response.MergeFromString(
+            self._response_bytes(plan, self._columns(plan, replies), full_feature_names))
+
+
+def _plain_views(features) -> Optional[set]:
+    """Names of the views a request reads (a feature service's projections, or the
+    ``view:feature`` prefixes), or None when that cannot be told."""
+    from feast.feature_service import FeatureService
+
+    if isinstance(features, FeatureService):
+        return {p.name_to_use() for p in features.feature_view_projections}
+    if isinstance(features, (list, tuple)) and all(isinstance(f, str) and ":" in f for f in features):
+        return {f.split(":", 1)[0] for f in features}
+    return None
 
 
 def _fields_of(plan: _Plan) -> List[bytes]:

@@ -102,7 +102,8 @@ def config_dict(settings: "Settings", engine: str | None = None) -> dict:
         offline_conf = {}
     if engine == "persona":
         batch_engine: dict = {"type": ENGINE, "write_partitions": f.write_partitions,
-                              "pipeline_rows": f.pipeline_rows, "write_from": f.write_from}
+                              "pipeline_rows": f.pipeline_rows, "write_from": f.write_from,
+                              "read_with": f.materialize_read}
     elif engine == "spark":
         batch_engine = {"type": "spark.engine", "partitions": f.write_partitions}
     else:
@@ -633,13 +634,30 @@ def training_set(
 
 # ---- HTTP ---------------------------------------------------------------------------
 def serve(settings: "Settings", port: int | None = None, host: str | None = None) -> None:
-    """Feast's HTTP feature server (``POST /get-online-features``) on loopback; blocks."""
+    """An HTTP feature server (``POST /get-online-features``, Feast's JSON) on loopback;
+    blocks. ``settings.feast.server``: "persona" (persona/feast_server.py, lean) or
+    "feast" (Feast's own FastAPI server)."""
     require_registry(settings)
     check_online_store(settings)
     store = get_store(settings)
     with _user_errors(settings):
         if not store.list_feature_services():  # fail now, not on the first request
             raise NotBuiltError("no feature services registered (run `persona apply` first)")
+        if settings.feast.server == "persona":
+            from persona.feast_server import make_server
+
+            try:
+                server = make_server(store, host or settings.feast.server_host, port or settings.feast.server_port)
+            except OSError as exc:
+                raise ServiceError(f"cannot listen on {host or settings.feast.server_host}:"
+                                   f"{port or settings.feast.server_port}: {exc.strerror or exc}") from None
+            try:
+                server.serve_forever(poll_interval=0.5)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.server_close()
+            return
         store.serve(
             host=host or settings.feast.server_host,
             port=port or settings.feast.server_port,

@@ -122,7 +122,11 @@ def get_cmd(
 def serve_cmd(
     port: Optional[int] = typer.Option(None, "--port", "-p", help="Port (default: settings feast.server_port, 6566)."),
 ) -> None:
-    """Run Feast's HTTP feature server on 127.0.0.1 (POST /get-online-features)."""
+    """Run an HTTP feature server on 127.0.0.1 speaking Feast's POST /get-online-features JSON.
+
+    persona's lean server by default (settings feast.server: persona); feast.server: feast
+    runs Feast's own FastAPI server instead.
+    """
     from persona import serving
 
     s = settings()

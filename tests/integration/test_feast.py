@@ -270,6 +270,8 @@ def test_stock_feast_reads_what_persona_wrote(redis_settings):
         for full in (False, True):
             a = ours.get_online_features(ours.get_feature_service(service), rows, full_feature_names=full)
             b = stock.get_online_features(stock.get_feature_service(service), rows, full_feature_names=full)
+            # Decoded straight from Redis' bytes, before persona's proto is even built.
+            assert "_pending" in a.__dict__ and list(a.to_dict().items()) == list(b.to_dict().items())
             assert a.proto.SerializeToString(deterministic=True) == b.proto.SerializeToString(deterministic=True)
             assert a.to_dict() == b.to_dict()
             assert a.to_dict(include_event_timestamps=True) == b.to_dict(include_event_timestamps=True)
@@ -286,3 +288,74 @@ def test_redis_down_is_one_clear_error(tables, spark):
         serving.get_online(s, ["u1"])
     with pytest.raises(ServiceError):
         serving.materialize(s, spark=spark, show_progress=False)
+
+
+def test_delta_reader_selects_what_feasts_spark_query_selects(spark, redis_settings):
+    """persona's delta-rs read (no Spark job) returns exactly the rows of Feast's
+    pull_latest query, per view, for a window that holds several snapshots per user."""
+    from feast.infra.common.materialization_job import MaterializationTask
+
+    from persona import serving
+
+    settings, _ = redis_settings
+    store = serving.get_store(settings)
+    engine = store._get_provider().batch_engine
+    start, end = end_of(DAYS[1]) - dt.timedelta(hours=1), end_of(DAYS[3])
+    for fv in store.list_feature_views():
+        task = MaterializationTask(project=store.project, feature_view=fv, start_time=start, end_time=end)
+        job, join_keys = engine._offline_job(store.registry, task)
+        with serving._feast_spark(spark):
+            want = job.to_spark_df().toArrow()
+        got = engine._delta_latest(store.registry, task, join_keys)
+        assert got is not None, fv.name
+        assert [(f.name, f.type) for f in got.schema] == [(f.name, f.type) for f in want.schema], fv.name
+        key = [("user_id", "ascending")]
+        assert got.sort_by(key).to_pylist() == want.sort_by(key).to_pylist(), fv.name
+        assert got.num_rows == 4  # u1..u4 have a snapshot in the window; u5 does not
+
+
+def test_lean_http_server_answers_in_feasts_json(redis_settings):
+    """persona serve's server: Feast's /get-online-features request and response JSON
+    (Feast's own convert_response_to_dict of the SDK response), errors as JSON."""
+    import http.client
+    import json
+
+    from feast.feature_server_utils import convert_response_to_dict
+
+    from persona import serving
+    from persona.feast_server import serve_in_thread
+
+    settings, _ = redis_settings
+    store = serving.get_store(settings)
+    server, _ = serve_in_thread(store)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+
+        def post(body) -> tuple[int, dict]:
+            conn.request("POST", "/get-online-features", json.dumps(body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+
+        users = ["u1", "nobody", "u3", "u1"]
+        for body, features in (
+            ({"feature_service": "recommender_v1", "entities": {"user_id": users}},
+             store.get_feature_service("recommender_v1")),
+            ({"features": ["user_profile:segment_id", "user_behaviour:views_7d"], "entities": {"user_id": users},
+              "full_feature_names": True}, ["user_profile:segment_id", "user_behaviour:views_7d"]),
+        ):
+            status, got = post(body)
+            want = convert_response_to_dict(store.get_online_features(
+                features=features, entity_rows={"user_id": users},
+                full_feature_names=body.get("full_feature_names", False)).proto)
+            assert status == 200 and got == json.loads(json.dumps(want))
+        names = got["metadata"]["feature_names"]
+        assert got["results"][names.index("user_profile__segment_id")]["values"][0] == planted(max(DAYS), "u1")
+        status, err = post({"feature_service": "nope", "entities": {"user_id": ["u1"]}})
+        assert status == 404 and "nope" in err["detail"]
+        status, err = post({"feature_service": "recommender_v1"})
+        assert status == 422 and "entities" in err["detail"]
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() == b'{"status":"ok"}'  # the keep-alive connection still works
+    finally:
+        server.shutdown()
+        server.server_close()
