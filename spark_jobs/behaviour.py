@@ -5,17 +5,19 @@ Output grain: one row per user per ``as_of_date`` D for every user with at least
 event in the longest window (30 days: ``event_date`` in [D-29, D]); partitioned by
 ``as_of_date``. Definitions of every column: ``spark_jobs.feature_dictionary``.
 
-How a range of as-of days [start, end] is computed in ONE pass (no job per day), as a
-single linear plan with one shuffle (the events by user; every later aggregate and
-window is keyed by user first, so Spark keeps that partitioning):
+Two stages, so a daily refresh never re-reads 30 days of raw events:
 
-1. read the events of [start-29, end] (partition pruning on ``event_date``); flag the
-   events that start an idle-gap session (one sort of each user's events by time);
-2. key-day rows: per (user, kind, key, day) the summed contributions, where the kinds
-   are the user's day itself (carrying the day's partial counts, spend, night events,
-   session starts...), and the items, categories, queries, source sessions and brands
-   the user touched that day (carrying the weighted interest);
-3. one sorted pass per key over its days gives
+A. daily partials (``silver.user_daily``, partitioned by ``event_date``; grain: one row
+   per (user, kind, key, event_date)): the events of a day, aggregated once. Kinds are
+   the user's day itself (KIND_DAY, key "": the day's counts, spend, night events,
+   within-day idle-gap session starts, first/last idle-gap event time, max
+   ``ingested_at``), and the items, categories, queries, source sessions and brands the
+   user touched that day (with their summed interest weight). A day's partial depends
+   on that day's events only, so it is computed once and recomputed only when its
+   bronze partition changes (late data: its max ``ingested_at`` moves).
+B. roll-up of as-of days [start, end] from the partials of [start-29, end], as a single
+   linear plan keyed by user (one shuffle: the partials by user; every later aggregate
+   and window is keyed by user first, so Spark keeps that partitioning):
    * exact distinct counts: a key seen on days d1 < d2 < ... is inside the 30-day
      window of as-of days union([di, di+29]); each maximal run becomes a +1 on its
      first day and a -1 the day after its last, so a running sum is the exact number
@@ -23,12 +25,17 @@ window is keyed by user first, so Spark keeps that partitioning):
    * affinity: the windowed score of a key is constant between "change days" (di and
      di+30); each positive segment is expanded only over the as-of days it covers
      (for the user's own day, those segments are exactly the output rows);
-4. per (user, day): the day's partials, the deltas and that day's top categories;
-   windows over days (``rangeBetween(-(N-1), 0)`` on the day number) give the 1/7/30
-   day sums; the output keeps the as-of rows.
+   * per (user, day): the day's partials, the deltas and that day's top categories;
+     windows over days (``rangeBetween(-(N-1), 0)`` on the day number) give the 1/7/30
+     day sums; the output keeps the as-of rows.
+   * idle-gap sessions: the within-day starts of the window's days, minus one for each
+     day of the window (but its first) whose first idle-gap event continues the
+     previous day's last one (``session_gap_minutes`` < one day, so only the previous
+     calendar day can hold the event before).
 
-A single day (incremental refresh) is the same code with start = end: it reads only the
-30 partitions its windows need, so its cost does not grow with the history.
+A backfill computes the partials of every needed day in one pass over their events,
+then rolls up all its as-of days in one pass. A daily refresh computes one day's
+partial (reads one bronze partition) and rolls up 30 small daily partials.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.schemas import USER_BEHAVIOUR, conform
+from spark_jobs.schemas import USER_BEHAVIOUR, USER_DAILY, conform
 
 LONGEST_WINDOW = 30
 TOP_CATEGORIES = 3
@@ -102,6 +109,13 @@ class BehaviourParams:
             night_end_hour=b.night_end_hour,
         )
 
+    def __post_init__(self) -> None:
+        # Roll-ups join sessions across midnight using the previous calendar day only.
+        if not 0 < self.session_gap_minutes < 24 * 60:
+            from persona.errors import InputError
+
+            raise InputError(f"behaviour.session_gap_minutes must be between 1 and 1439, got {self.session_gap_minutes}")
+
     def weight_int(self, event_type: str) -> int:
         return int(round(self.category_weights.get(event_type, 0.0) * WEIGHT_SCALE))
 
@@ -142,17 +156,17 @@ def prepare_events(events: DataFrame, start: dt.date, end: dt.date) -> DataFrame
 
 # ------------------------------------------------------------ 1. events -> key-day rows
 def with_gap_starts(events: DataFrame, params: BehaviourParams) -> DataFrame:
-    """Flag events that start an idle-gap session (events without a source session id).
+    """Flag events that start an idle-gap session WITHIN their day (events without a
+    source session id): the user's first such event of the day, or one that follows the
+    previous such event of the day by more than ``session_gap_minutes``.
 
-    An event starts one when it is the user's first such event in the data read or
-    follows the previous such event by more than ``session_gap_minutes``. The previous
-    event may lie on an earlier day; a session straddling a window start is handled by
-    the window step (its first in-window event always counts).
+    Sessions crossing midnight are joined up at roll-up time (see ``windowed``), so a
+    day's partial depends on that day's events only.
     """
     gap_us = params.session_gap_minutes * 60 * 1_000_000
     no_sid = F.col("session_id").isNull()
     ts = F.unix_micros("event_ts")
-    by_time = Window.partitionBy("user_id").orderBy(ts, F.col("event_id"))
+    by_time = Window.partitionBy("user_id", "day").orderBy(ts, F.col("event_id"))
     prev = F.last(F.when(no_sid, ts), ignorenulls=True).over(by_time.rowsBetween(Window.unboundedPreceding, -1))
     return events.withColumn("ts_us", ts).withColumn(
         "gap_start",
@@ -165,65 +179,89 @@ _DAY_SUMS = [*_TYPE_COUNTS.values(), "n_events", "n_night", "spend", "price_sum"
              "brand_score", "gap_starts"]
 
 
-def key_day_rows(events: DataFrame, params: BehaviourParams) -> DataFrame:
-    """Events -> one row per (user_id, kind, key, day, is_drop) with summed contributions.
+_PAYLOAD = [*_DAY_SUMS, "first_gap_us", "last_gap_us", "max_ingested_at"]
+_DOUBLE_SUMS = ("spend", "price_sum")
 
-    Kinds: the user's day itself (KIND_DAY, key ""), carrying the day's additive
-    partials; item, category, query, source session and brand keys, carrying the
-    weighted score. Scored kinds (day, category, brand) also get an ``is_drop`` row 30
-    days later, when their contribution leaves the window.
-    """
-    w = LONGEST_WINDOW
+
+def day_payload(events: DataFrame, params: BehaviourParams) -> DataFrame:
+    """Events (with ``day``) -> one row per (user_id, day): the day's additive partials
+    (``_PAYLOAD``). Idle-gap sessions come from the events without a source session id
+    only (a narrow sorted pass); everything else is one map-side-combined aggregate."""
     weight = _weight_expr(params)
     hour = F.hour("event_ts")
     night = ((hour >= params.night_start_hour) & (hour < params.night_end_hour)).cast("long")
     priced = (F.col("event_type") == "purchase") & F.col("price").isNotNull()
-    one = F.lit(1).cast("long")
     contrib = {c: (F.col("event_type") == t).cast("long") for t, c in _TYPE_COUNTS.items()}
     contrib.update({
-        "n_events": one,
+        "n_events": F.lit(1).cast("long"),
         "n_night": night,
         "spend": F.when(priced, F.col("price") * F.coalesce(F.col("quantity"), F.lit(1))),
         "price_sum": F.when(priced, F.col("price")),
         "price_n": priced.cast("long"),
         "cat_score": F.when(F.col("category_id").isNotNull(), weight),
         "brand_score": F.when(F.col("brand").isNotNull(), weight),
-        "gap_starts": F.col("gap_start"),
     })
-    # First idle-gap event of the day: ts*2 + (1 - starts) so min() picks the earliest
-    # event and, among events at the same instant, the one that starts a session.
-    first_gap = F.col("ts_us") * 2 + (1 - F.col("gap_start"))
-    null_long, null_double = F.lit(None).cast("long"), F.lit(None).cast("double")
-
-    def rec(kind: int, key: Column, score: Column, day: Column, drop: bool, payload: bool) -> Column:
-        fields = [F.lit(kind).alias("kind"), key.alias("key"), day.alias("day"), F.lit(drop).alias("is_drop"),
-                  score.alias("score")]
-        for c in _DAY_SUMS:
-            typ = "double" if c in ("spend", "price_sum") else "long"
-            fields.append((contrib[c].cast(typ) if payload else F.lit(None).cast(typ)).alias(c))
-        fields.append((first_gap if payload else null_long).alias("first_gap"))
-        fields.append((F.col("ingested_at") if payload else F.lit(None).cast("timestamp")).alias("ingested_at"))
-        return F.struct(*fields)
-
-    day, later, zero = F.col("day"), F.col("day") + w, F.lit(0).cast("long")
-    recs = F.array(
-        rec(KIND_DAY, F.lit(""), one, day, False, True),
-        rec(KIND_DAY, F.lit(""), zero, later, True, False),
-        rec(KIND_ITEM, F.col("item_id"), weight, day, False, False),
-        rec(KIND_CATEGORY, F.col("category_id"), weight, day, False, False),
-        rec(KIND_CATEGORY, F.col("category_id"), zero, later, True, False),
-        rec(KIND_QUERY, F.col("query"), weight, day, False, False),
-        rec(KIND_SESSION, F.col("session_id"), weight, day, False, False),
-        rec(KIND_BRAND, F.col("brand"), weight, day, False, False),
-        rec(KIND_BRAND, F.col("brand"), zero, later, True, False),
+    sums = [F.sum(e.cast("double" if c in _DOUBLE_SUMS else "long")).alias(c) for c, e in contrib.items()]
+    day = events.groupBy("user_id", "day").agg(*sums, F.max("ingested_at").alias("max_ingested_at"))
+    no_sid = events.where(F.col("session_id").isNull()).select("user_id", "day", "event_id", "event_ts", "session_id")
+    gaps = with_gap_starts(no_sid, params).groupBy("user_id", "day").agg(
+        F.sum("gap_start").alias("gap_starts"),
+        F.min("ts_us").alias("first_gap_us"),
+        F.max("ts_us").alias("last_gap_us"),
     )
-    r = events.select("user_id", F.explode(recs).alias("r")).where(F.col("r.key").isNotNull())
-    aggs = [F.sum(f"r.{c}").alias(c) for c in ("score", *_DAY_SUMS)]
-    aggs += [F.min("r.first_gap").alias("first_gap"), F.max("r.ingested_at").alias("max_ingested_at")]
-    return r.groupBy(
-        "user_id", F.col("r.kind").alias("kind"), F.col("r.key").alias("key"), F.col("r.day").alias("day"),
-        F.col("r.is_drop").alias("is_drop"),
-    ).agg(*aggs)
+    return day.join(gaps, ["user_id", "day"], "left").select("user_id", "day", *_PAYLOAD)
+
+
+def key_day_rows(events: DataFrame, params: BehaviourParams) -> DataFrame:
+    """Events (with ``day``) -> one row per (user_id, kind, key, day) for the items,
+    categories, queries, source sessions and brands touched, with the summed interest
+    weight as ``score`` (small rows: the explode carries three fields)."""
+    weight = _weight_expr(params)
+
+    def rec(kind: int, key: str) -> Column:
+        return F.struct(F.lit(kind).alias("kind"), F.col(key).alias("key"), weight.alias("score"))
+
+    recs = F.array(rec(KIND_ITEM, "item_id"), rec(KIND_CATEGORY, "category_id"), rec(KIND_QUERY, "query"),
+                   rec(KIND_SESSION, "session_id"), rec(KIND_BRAND, "brand"))
+    r = events.select("user_id", "day", F.explode(recs).alias("r")).where(F.col("r.key").isNotNull())
+    return r.groupBy("user_id", F.col("r.kind").alias("kind"), F.col("r.key").alias("key"), "day").agg(
+        F.sum("r.score").alias("score"))
+
+
+def daily_partials(
+    events: DataFrame, lo: dt.date, hi: dt.date, params: BehaviourParams, partitions: int | None = None
+) -> DataFrame:
+    """Bronze events -> ``USER_DAILY`` rows (plus ``day``) for the event dates [lo, hi].
+
+    Pure. The filter on ``event_date`` is what the Delta scan turns into partition
+    pruning. The raw events are never shuffled: both aggregates combine map-side first.
+    """
+    ev = events.where((F.col("event_date") >= F.lit(lo)) & (F.col("event_date") <= F.lit(hi))).select(
+        "event_id", "user_id", "item_id", "category_id", "event_type", "event_ts",
+        F.unix_date("event_date").alias("day"),
+        "price", "quantity", "session_id", "query", "brand", "ingested_at",
+    )
+    days = day_payload(ev, params).select(
+        "user_id", F.lit(KIND_DAY).alias("kind"), F.lit("").alias("key"), "day",
+        F.col("n_events").alias("score"), *_PAYLOAD)
+    keys = key_day_rows(ev, params)
+    nulls = [F.lit(None).cast("double" if c in _DOUBLE_SUMS else "timestamp" if c == "max_ingested_at" else "long")
+             .alias(c) for c in _PAYLOAD]
+    keys = keys.select("user_id", "kind", "key", "day", "score", *nulls)
+    return days.unionByName(keys).withColumn("event_date", F.date_from_unix_date("day")).withColumnRenamed(
+        "max_ingested_at", "created_timestamp")
+
+
+def with_drop_rows(partials: DataFrame) -> DataFrame:
+    """Scored kinds (day, category, brand) also get an ``is_drop`` row 30 days after a
+    day they were seen (score 0), the day their contribution leaves the window."""
+    w = LONGEST_WINDOW
+    marks = F.when(F.col("kind").isin(*_SCORED_KINDS), F.array(F.lit(False), F.lit(True))).otherwise(
+        F.array(F.lit(False)))
+    out = partials.select(*[c for c in partials.columns if c not in ("day", "score")], "day", "score",
+                          F.explode(marks).alias("is_drop"))
+    return out.withColumn("day", F.when(F.col("is_drop"), F.col("day") + w).otherwise(F.col("day"))).withColumn(
+        "score", F.when(F.col("is_drop"), F.lit(0).cast("long")).otherwise(F.col("score")))
 
 
 # -------------------------------------------------- 2. key-day rows -> (user, as-of day)
@@ -270,7 +308,7 @@ def spread_to_days(rows: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
             0, F.col("score_at"), False)),
         F.when((F.col("kind") == KIND_DAY) & ~F.col("is_drop"), rng(day, day, 0, null_long, True)),
     )
-    keep = ["user_id", "kind", "key", *_DAY_SUMS, "first_gap", "max_ingested_at"]
+    keep = ["user_id", "kind", "key", *_PAYLOAD]
     return (
         rows.select(*keep, F.explode(ranges).alias("r"))
         .where(F.col("r").isNotNull() & (F.col("r.lo") <= F.col("r.hi")) & (F.col("r.lo") <= e))
@@ -289,7 +327,8 @@ def per_user_day(spread: DataFrame) -> DataFrame:
 
     aggs = [on_day(c) for c in _DAY_SUMS]
     aggs += [
-        F.min(F.when(payload, F.col("first_gap"))).alias("first_gap"),
+        F.min(F.when(payload, F.col("first_gap_us"))).alias("first_gap_us"),
+        F.max(F.when(payload, F.col("last_gap_us"))).alias("last_gap_us"),
         F.max(F.when(payload, F.col("max_ingested_at"))).alias("max_ingested_at"),
         F.max(F.when(seg & (F.col("kind") == KIND_DAY), F.lit(True))).alias("is_grid"),
     ]
@@ -314,13 +353,22 @@ def per_user_day(spread: DataFrame) -> DataFrame:
     )
 
 
-def windowed(days: DataFrame) -> DataFrame:
+def windowed(days: DataFrame, params: BehaviourParams) -> DataFrame:
     """Per-user-day rows -> windowed sums for the output (as-of) rows only."""
     order = Window.partitionBy("user_id").orderBy("day")
+    gap_us = params.session_gap_minutes * 60 * 1_000_000
 
     def last_n(n: int) -> Window:
         return order.rangeBetween(-(n - 1), 0)
 
+    # 1 when the day's first idle-gap event continues the previous calendar day's last
+    # one (same session across midnight). The row before is day-1 when that day exists.
+    cont = F.when(
+        (F.lag("day", 1).over(order) == F.col("day") - 1)
+        & ((F.col("first_gap_us") - F.lag("last_gap_us", 1).over(order)) <= gap_us),
+        F.lit(1),
+    ).otherwise(F.lit(0))
+    days = days.withColumn("cont", cont.cast("long"))
     w30 = last_n(LONGEST_WINDOW)
     cumulative = order.rangeBetween(Window.unboundedPreceding, 0)
     sel = [F.col("user_id"), F.col("day"), F.col("is_grid"), "top_cats", "top_cat_score", "top_brand_score"]
@@ -336,9 +384,10 @@ def windowed(days: DataFrame) -> DataFrame:
         F.sum("price_n").over(w30).alias("price_n_30d"),
         F.sum("cat_score").over(w30).alias("cat_score_30d"),
         F.sum("brand_score").over(w30).alias("brand_score_30d"),
-        F.sum("gap_starts").over(w30).alias("gap_starts_30d"),
-        # The window's first idle-gap event (its day's min of ts*2 + (1 - starts)).
-        F.min("first_gap").over(w30).alias("first_gap_30d"),
+        # Idle-gap sessions touching the window: within-day starts, minus the days
+        # (all but the window's first) that continue the previous day's session.
+        (F.coalesce(F.sum("gap_starts").over(w30), F.lit(0))
+         - F.coalesce(F.sum("cont").over(last_n(LONGEST_WINDOW - 1)), F.lit(0))).alias("gap_sessions_30d"),
         F.max(F.when(F.col("n_events") > 0, F.col("day"))).over(w30).alias("last_event_day"),
         F.max(F.when(F.col("n_purchase") > 0, F.col("day"))).over(w30).alias("last_purchase_day"),
         F.count(F.when(F.col("n_events") > 0, True)).over(w30).alias("active_days_30d"),
@@ -348,6 +397,35 @@ def windowed(days: DataFrame) -> DataFrame:
 
 
 # ------------------------------------------------------------------------- the transform
+def features_from_partials(
+    partials: DataFrame,
+    start: dt.date,
+    end: dt.date,
+    params: BehaviourParams,
+    partitions: int | None = None,
+    repartition: bool = True,
+) -> DataFrame:
+    """Daily partials (``USER_DAILY``, any dates) -> ``USER_BEHAVIOUR`` rows for every
+    as-of day in [start, end]. Only partials of [start-29, end] are used. Pure.
+
+    The chain runs on one shuffle: the partials by user (every later aggregate and
+    window is keyed by user first). ``repartition=False`` when ``partials`` is already
+    hash-partitioned by user.
+    """
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    lo, hi = window_read_range(start, end)
+    p = partials.where((F.col("event_date") >= F.lit(lo)) & (F.col("event_date") <= F.lit(hi)))
+    if "day" not in p.columns:
+        p = p.withColumn("day", F.unix_date("event_date"))
+    p = p.withColumnRenamed("created_timestamp", "max_ingested_at")
+    if repartition:
+        n = partitions or int(partials.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+        p = p.repartition(n, "user_id")
+    rows = with_drop_rows(p.drop("event_date"))
+    return finalize(windowed(per_user_day(spread_to_days(rows, start, end)), params))
+
+
 def behaviour_features(
     events: DataFrame,
     start: dt.date,
@@ -355,26 +433,17 @@ def behaviour_features(
     params: BehaviourParams,
     partitions: int | None = None,
 ) -> DataFrame:
-    """Bronze events -> ``USER_BEHAVIOUR`` rows for every as-of day in [start, end].
+    """Bronze events -> ``USER_BEHAVIOUR`` rows for every as-of day in [start, end]:
+    the daily partials of [start-29, end] rolled up, in one plan (one shuffle). Pure.
 
     ``events`` may hold any dates: only [start-29, end] is used, and nothing after an
-    as-of day ever reaches its row. Pure: no I/O.
-
-    The plan is one linear chain with a single shuffle (events by user): every later
-    aggregate and window is keyed by user first, so Spark keeps that partitioning.
+    as-of day ever reaches its row.
     """
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
-    ev = prepare_events(events, start, end).select(
-        "event_id", "user_id", "item_id", "category_id", "event_type", "event_ts", "day",
-        "price", "quantity", "session_id", "query", "brand", "ingested_at",
-    )
-    # An explicit partition count: AQE would otherwise coalesce a small input into one
-    # partition and run every later step on one core.
-    n = partitions or int(events.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    ev = ev.repartition(n, "user_id")
-    rows = key_day_rows(with_gap_starts(ev, params), params)
-    return finalize(windowed(per_user_day(spread_to_days(rows, start, end))))
+    lo, hi = window_read_range(start, end)
+    partials = daily_partials(events, lo, hi, params, partitions)
+    return features_from_partials(partials, start, end, params, partitions)
 
 
 def _ratio(num: Column, den: Column) -> Column:
@@ -384,13 +453,7 @@ def _ratio(num: Column, den: Column) -> Column:
 def finalize(win: DataFrame) -> DataFrame:
     """Windowed sums per (user, as-of day) -> the contract columns."""
     as_of = F.date_from_unix_date("day")
-    # Idle-gap sessions touching the window: the starts inside it, plus one when the
-    # window's first such event continues a session begun before the window.
-    first_starts = 1 - (F.col("first_gap_30d") % 2)
-    gap_sessions = F.when(
-        F.col("first_gap_30d").isNotNull(), F.col("gap_starts_30d") + 1 - first_starts
-    ).otherwise(F.lit(0))
-    win = win.withColumn("sessions_30d", (gap_sessions + F.col("_source_sessions_30d")).cast("long"))
+    win = win.withColumn("sessions_30d", (F.col("gap_sessions_30d") + F.col("_source_sessions_30d")).cast("long"))
     out = win.select(
         "user_id",
         as_of.alias("as_of_date"),
@@ -425,6 +488,7 @@ def finalize(win: DataFrame) -> DataFrame:
 BRONZE = "bronze.events"
 BEHAVIOUR = "silver.user_behaviour"
 SEQUENCES = "silver.user_sequences"
+DAILY = "silver.user_daily"
 
 
 def _bronze(spark: SparkSession, settings) -> DataFrame:
@@ -454,24 +518,89 @@ def latest_complete_day(spark: SparkSession, settings, today: dt.date | None = N
     return row["d"]
 
 
-def _window_max_ingested(spark: SparkSession, settings, start: dt.date, end: dt.date) -> dict[dt.date, object]:
-    """For each as-of day in [start, end]: the latest ``ingested_at`` among the events
-    its windows read (None when its window holds no event). Reads two columns."""
-    lo, hi = window_read_range(start, end)
-    per_day = {
+def _days(lo: dt.date, hi: dt.date) -> list[dt.date]:
+    return [lo + dt.timedelta(days=i) for i in range((hi - lo).days + 1)]
+
+
+def day_ingested(events: DataFrame, lo: dt.date, hi: dt.date) -> dict[dt.date, object]:
+    """event_date -> latest ``ingested_at`` of the events of [lo, hi] (reads two columns)."""
+    return {
         r["event_date"]: r["m"]
-        for r in _bronze(spark, settings)
-        .where((F.col("event_date") >= F.lit(lo)) & (F.col("event_date") <= F.lit(hi)))
-        .groupBy("event_date")
-        .agg(F.max("ingested_at").alias("m"))
-        .collect()
+        for r in events.where((F.col("event_date") >= F.lit(lo)) & (F.col("event_date") <= F.lit(hi)))
+        .groupBy("event_date").agg(F.max("ingested_at").alias("m")).collect()
     }
+
+
+def partial_ingested(spark: SparkSession, daily_path: str, lo: dt.date, hi: dt.date) -> dict[dt.date, object]:
+    """event_date -> the ``ingested_at`` the stored partial of that day was computed from."""
+    from spark_jobs import delta_io
+
+    if not delta_io.is_delta(spark, daily_path):
+        return {}
+    return day_ingested(
+        spark.read.format("delta").load(daily_path).where(F.col("kind") == KIND_DAY)
+        .withColumnRenamed("created_timestamp", "ingested_at"), lo, hi)
+
+
+def _window_max_ingested(per_day: dict, start: dt.date, end: dt.date) -> dict[dt.date, object]:
+    """For each as-of day in [start, end]: the latest ``ingested_at`` among the events
+    its windows read (None when its window holds no event)."""
     out: dict[dt.date, object] = {}
-    for i in range((end - start).days + 1):
-        d = start + dt.timedelta(days=i)
+    for d in _days(start, end):
         vals = [per_day[x] for x in (d - dt.timedelta(days=k) for k in range(LONGEST_WINDOW)) if x in per_day]
         out[d] = max(vals) if vals else None
     return out
+
+
+def refresh_partials(
+    spark: SparkSession,
+    events: DataFrame,
+    daily_path: str,
+    lo: dt.date,
+    hi: dt.date,
+    params: BehaviourParams,
+    expected: dict | None = None,
+    always: frozenset | set = frozenset(),
+) -> list[dt.date]:
+    """(Re)compute the stored daily partials of [lo, hi] that are missing or stale.
+
+    A partial is current when it was computed from the same latest ``ingested_at`` as
+    its bronze partition holds now (late data moves it); days in ``always`` are
+    recomputed anyway. Each contiguous run of such days is ONE pass over their events,
+    written with replaceWhere on ``event_date`` (idempotent; a day that lost all its
+    events gets an empty partial). Returns the days recomputed.
+    """
+    from spark_jobs import delta_io
+
+    expected = day_ingested(events, lo, hi) if expected is None else expected
+    have = partial_ingested(spark, daily_path, lo, hi)
+    stale = [d for d in _days(lo, hi) if d in always or expected.get(d) != have.get(d)]
+    for a, b in _runs(stale, 10**9):
+        delta_io.replace_where(daily_partials(events, a, b, params), daily_path, USER_DAILY, "event_date", a, b)
+    return stale
+
+
+def refresh_range(
+    spark: SparkSession,
+    events: DataFrame,
+    daily_path: str,
+    out_path: str,
+    start: dt.date,
+    end: dt.date,
+    params: BehaviourParams,
+    expected: dict | None = None,
+    always: frozenset | set = frozenset(),
+) -> dict:
+    """Bring the partials of [start-29, end] up to date, then roll up and write the
+    as-of days [start, end] of ``out_path`` (replaceWhere on ``as_of_date``)."""
+    from spark_jobs import delta_io
+
+    lo, hi = window_read_range(start, end)
+    recomputed = refresh_partials(spark, events, daily_path, lo, hi, params, expected, always)
+    partials = spark.read.format("delta").load(daily_path)
+    feats = features_from_partials(partials, start, end, params)
+    delta_io.replace_where(feats, out_path, USER_BEHAVIOUR, "as_of_date", start, end)
+    return {"partial_days_recomputed": len(recomputed)}
 
 
 def _built_days(spark: SparkSession, settings, start: dt.date, end: dt.date) -> dict[dt.date, object]:
@@ -491,19 +620,23 @@ def _built_days(spark: SparkSession, settings, start: dt.date, end: dt.date) -> 
     return {r["as_of_date"]: r["m"] for r in rows}
 
 
-def days_to_build(spark: SparkSession, settings, start: dt.date, end: dt.date, force: bool = False) -> list[dt.date]:
+def days_to_build(
+    spark: SparkSession, settings, start: dt.date, end: dt.date, force: bool = False, per_day: dict | None = None
+) -> list[dt.date]:
     """The as-of days of [start, end] a backfill must (re)compute.
 
     A day is current when its rows exist and their newest ``created_timestamp`` equals
     the newest ``ingested_at`` of the events in its window: late data ingested for any
     day of the window makes it stale again, so re-running a backfill recomputes exactly
     the as-of days the late data affects. A day whose window holds no event and that
-    has no rows needs nothing.
+    has no rows needs nothing. ``per_day``: ``day_ingested`` of [start-29, end].
     """
-    all_days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    all_days = _days(start, end)
     if force:
         return all_days
-    expected = _window_max_ingested(spark, settings, start, end)
+    if per_day is None:
+        per_day = day_ingested(_bronze(spark, settings), *window_read_range(start, end))
+    expected = _window_max_ingested(per_day, start, end)
     built = _built_days(spark, settings, start, end)
     todo = []
     for d in all_days:
@@ -536,8 +669,16 @@ def _commit_rows(spark: SparkSession, path: str) -> int | None:
         return None
 
 
-def build_range(spark: SparkSession, settings, start: dt.date, end: dt.date) -> dict:
-    """Compute and write as-of days [start, end] of both silver tables in one pass each.
+def build_range(
+    spark: SparkSession,
+    settings,
+    start: dt.date,
+    end: dt.date,
+    per_day: dict | None = None,
+    always: frozenset | set = frozenset(),
+) -> dict:
+    """Compute and write as-of days [start, end] of both silver tables in one pass each
+    (and the daily partials of [start-29, end] that are missing, stale or in ``always``).
 
     Sequences are written first: the behaviour rows double as the "day is built" marker
     that resumable backfills check, so a pass interrupted in between is redone.
@@ -551,9 +692,10 @@ def build_range(spark: SparkSession, settings, start: dt.date, end: dt.date) -> 
     seq = user_sequences(events, start, end, settings.behaviour.sequence_length)
     delta_io.replace_where(seq, settings.table(SEQUENCES), USER_SEQUENCES, "as_of_date", start, end)
     seq_rows = _commit_rows(spark, settings.table(SEQUENCES))
-    feats = behaviour_features(events, start, end, params)
-    delta_io.replace_where(feats, settings.table(BEHAVIOUR), USER_BEHAVIOUR, "as_of_date", start, end)
-    return {"behaviour_rows": _commit_rows(spark, settings.table(BEHAVIOUR)), "sequence_rows": seq_rows}
+    done = refresh_range(spark, events, settings.table(DAILY), settings.table(BEHAVIOUR), start, end, params,
+                         per_day, always)
+    # The data-quality gate runs after this, from persona/commands/build.py (_quality_gate).
+    return {"behaviour_rows": _commit_rows(spark, settings.table(BEHAVIOUR)), "sequence_rows": seq_rows, **done}
 
 
 def run_build(spark: SparkSession, settings, as_of: dt.date | None = None) -> dict:
@@ -564,7 +706,9 @@ def run_build(spark: SparkSession, settings, as_of: dt.date | None = None) -> di
     t0 = time.perf_counter()
     day = as_of or latest_complete_day(spark, settings)
     lo, hi = window_read_range(day, day)
-    written = build_range(spark, settings, day, day)
+    # The day's own partial is always recomputed (reads one bronze partition); the 29
+    # before it only when missing or stale (late data).
+    written = build_range(spark, settings, day, day, always={day})
     return {
         "as_of": day.isoformat(),
         "read_event_dates": [lo.isoformat(), hi.isoformat()],
@@ -595,16 +739,24 @@ def run_backfill(
     if end < start:
         raise InputError(f"backfill end {end} is before its start {start}")
     t0 = time.perf_counter()
-    todo = days_to_build(spark, settings, start, end, force)
+    # One narrow scan of bronze (event_date, ingested_at) decides both which as-of days
+    # are stale and which daily partials are.
+    per_day = day_ingested(_bronze(spark, settings), *window_read_range(start, end))
+    todo = days_to_build(spark, settings, start, end, force, per_day)
     passes = _runs(todo, settings.behaviour.backfill_chunk_days)
     total = len(todo)
     done = 0
     rows = 0
+    partial_days = 0
     if progress:
         progress(0, total)
     for a, b in passes:
-        written = build_range(spark, settings, a, b)
+        # --force recomputes the partials of the pass's windows too (e.g. after a change
+        # of definitions); otherwise only missing or stale ones.
+        lo, hi = window_read_range(a, b)
+        written = build_range(spark, settings, a, b, per_day, always=set(_days(lo, hi)) if force else frozenset())
         rows += written.get("behaviour_rows") or 0
+        partial_days += written["partial_days_recomputed"]
         done += (b - a).days + 1
         if progress:
             progress(done, total)
@@ -617,5 +769,6 @@ def run_backfill(
         "days_skipped": n_days - total,
         "passes": [[a.isoformat(), b.isoformat()] for a, b in passes],
         "behaviour_rows": rows,
+        "partial_days_recomputed": partial_days,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -159,6 +159,19 @@ def markdown() -> str:
         "",
         *_table(SEQUENCE_FEATURES),
         "",
+        "## silver.user_daily (internal: the daily partial aggregates)",
+        "",
+        "One row per (user_id, kind, key, event_date), partitioned by `event_date`: what one day of a user's",
+        "events contributes. kind 0 (key \"\") carries the day's counts per event type, events, night events,",
+        "spend, purchase prices, category/brand interest totals, idle-gap session starts within the day, the",
+        "first and last idle-gap event times (microseconds) and, as `created_timestamp`, the latest",
+        "`ingested_at` of the day's events; kinds 1-5 (item, category, query, source session, brand) carry the",
+        "key's summed interest weight in `score`. `persona build` computes the as-of day's partial from its one",
+        "bronze partition and rolls the 30 partials of the window up into silver.user_behaviour; a partial is",
+        "recomputed when its bronze partition has newer `ingested_at` (late data), so a backfill over an old",
+        "range updates exactly the affected days. Idle-gap sessions crossing midnight are joined at roll-up",
+        "time, which is why `behaviour.session_gap_minutes` must be shorter than a day.",
+        "",
     ]
     return "\n".join(out)
 

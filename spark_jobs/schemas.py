@@ -103,6 +103,29 @@ USER_SEQUENCES = StructType(
     ]
 )
 
+# silver.user_daily: the behaviour job's daily partial aggregates, one row per
+# (user_id, kind, key, event_date), partitioned by event_date (see spark_jobs/behaviour.py).
+# kind 0 (key "") carries the day's additive partials; the other kinds (item, category,
+# query, source session, brand) only their summed interest weight in `score`.
+USER_DAILY = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("event_date", DateType(), False),
+        StructField("kind", IntegerType(), False),
+        StructField("key", StringType(), False),
+        StructField("score", LongType(), True),
+        *[StructField(c, LongType(), True) for c in (
+            "n_view", "n_click", "n_search", "n_cart", "n_fav", "n_purchase", "n_events", "n_night")],
+        StructField("spend", DoubleType(), True),
+        StructField("price_sum", DoubleType(), True),
+        *[StructField(c, LongType(), True) for c in (
+            "price_n", "cat_score", "brand_score", "gap_starts", "first_gap_us", "last_gap_us")],
+        # kind 0: the latest ingested_at of the day's events (what the partial was
+        # computed from; as in silver.user_behaviour, whose created_timestamp is its max).
+        StructField("created_timestamp", TimestampType(), True),
+    ]
+)
+
 # gold.user_embeddings: one row per user per as_of_date.
 USER_EMBEDDINGS = StructType(
     [
@@ -134,6 +157,7 @@ TABLES: dict[str, tuple[StructType, list[str]]] = {
     "bronze.events_quarantine": (QUARANTINE, ["ingest_date"]),
     "silver.user_behaviour": (USER_BEHAVIOUR, ["as_of_date"]),
     "silver.user_sequences": (USER_SEQUENCES, ["as_of_date"]),
+    "silver.user_daily": (USER_DAILY, ["event_date"]),
     "gold.user_embeddings": (USER_EMBEDDINGS, ["as_of_date"]),
     "gold.user_profiles": (USER_PROFILES, ["as_of_date"]),
 }

@@ -34,6 +34,16 @@ def _print(summary: dict, title: str, as_json: bool) -> None:
     out.print(table)
 
 
+def _quality_gate(start: dt.date, end: dt.date, summary: dict) -> None:
+    """CALL POINT of the data-quality gate (spark_jobs.quality; the lead wires it in).
+
+    Runs after silver.user_behaviour / silver.user_sequences / silver.user_daily hold
+    the as-of days [start, end] (``summary`` is the job's summary dict). Intentionally
+    a no-op here: the gate may add its findings to ``summary`` or raise a PersonaError.
+    """
+    return None
+
+
 @app.command("build")
 def build(
     as_of: Optional[str] = typer.Option(
@@ -51,6 +61,8 @@ def build(
     day = _date(as_of, "--as-of")
     with stage(f"build as of {day or 'latest complete day'}"):
         summary = run_build(spark(), settings(), day)
+    built = dt.date.fromisoformat(summary["as_of"])
+    _quality_gate(built, built, summary)
     _print(summary, "build summary", as_json)
 
 
@@ -78,4 +90,5 @@ def backfill(
             progress.update(task, completed=done, total=max(total, 1))
 
         summary = run_backfill(spark(), settings(), a, b, force=force, progress=report)
+    _quality_gate(a, b, summary)
     _print(summary, "backfill summary", as_json)

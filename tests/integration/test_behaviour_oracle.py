@@ -59,6 +59,22 @@ def make_log(users: int = 200, days: int = DAYS, seed: int = 11) -> pd.DataFrame
     buy = ev["event_type"] == "purchase"
     ev.loc[buy & (rng.random(n) < 0.2), "quantity"] = 3
     ev.loc[buy & (rng.random(n) < 0.05), "price"] = np.nan
+    # Idle-gap sessions crossing midnight (one spans three days), for users without
+    # session ids: the roll-up joins them across daily partials.
+    plant = []
+    no_sid_users = sorted(ev.loc[uids % 2 == 0, "user_id"].unique())[:6]
+    for k, user in enumerate(no_sid_users):
+        base = ev[ev["user_id"] == user].iloc[0]
+        day0 = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=5 + 7 * k)
+        times = [day0 - pd.Timedelta(minutes=10), day0 + pd.Timedelta(minutes=15)]
+        if k == 0:  # every 20 minutes for two days and a bit: one session over three dates
+            times = [day0 - pd.Timedelta(minutes=10) + pd.Timedelta(minutes=20 * i) for i in range(150)]
+        for i, t in enumerate(times):
+            row = base.copy()
+            row["event_id"] = f"midnight-{k}-{i}"
+            row["event_ts"] = t
+            plant.append(row)
+    ev = pd.concat([ev, pd.DataFrame(plant)], ignore_index=True)
     # Ingested the morning after, so created_timestamp varies by window.
     ev["ingested_at"] = (
         pd.to_datetime(ev["event_ts"], utc=True).dt.normalize() + pd.Timedelta(hours=30)
@@ -138,6 +154,12 @@ def test_log_covers_what_the_oracle_must_check(world):
     d = pd.to_datetime(ev["event_ts"], utc=True).dt.normalize()
     gaps = d.groupby(ev["user_id"]).apply(lambda s: s.drop_duplicates().sort_values().diff().max())
     assert (gaps >= pd.Timedelta(days=4)).any()
+    # idle-gap sessions crossing midnight (consecutive events of a user without session
+    # id, on different dates, at most 30 minutes apart)
+    g = ev[ev["session_id"].isna()].assign(ts=pd.to_datetime(ev["event_ts"], utc=True)).sort_values(["user_id", "ts"])
+    same_user = g["user_id"].eq(g["user_id"].shift())
+    crossing = same_user & (g["ts"].dt.date != g["ts"].shift().dt.date) & (g["ts"] - g["ts"].shift() <= pd.Timedelta(minutes=30))
+    assert crossing.sum() >= 6
     assert world["summary"]["days_built"] == DAYS
     assert len(world["summary"]["passes"]) == 2  # 60 days in passes of 30
 

@@ -95,15 +95,21 @@ def test_build_reads_only_its_window_partitions(spark, module_settings, log):
     pruned = bronze.where((F.col("event_date") >= F.lit(dt.date.fromisoformat(lo))) & (F.col("event_date") <= F.lit(D)))
     assert pruned.select("event_date").distinct().count() == 30
     assert len({f.split("event_date=")[1][:10] for f in pruned.inputFiles()}) == 30
+    # a daily refresh computes only its own day's partial from bronze: one partition
+    plan = behaviour.daily_partials(bronze, D, D, params)._jdf.queryExecution().executedPlan().toString()
+    scans = [line for line in plan.splitlines() if "PartitionFilters" in line]
+    assert scans and all(line.count(D.isoformat()) >= 2 and lo not in line for line in scans), plan
 
 
 def test_build_twice_then_backfill_gives_identical_rows(spark, module_settings, log):
     s = behaviour.run_build(spark, module_settings, D)
     assert s["as_of"] == D.isoformat() and s["behaviour_rows"] > 0
+    assert s["partial_days_recomputed"] == 30  # no partial stored yet: the whole window
     assert s["read_event_dates"] == [(D - dt.timedelta(days=29)).isoformat(), D.isoformat()]
     first = _digest(spark, module_settings, "silver.user_behaviour", D, D)
     first_seq = _digest(spark, module_settings, "silver.user_sequences", D, D)
-    behaviour.run_build(spark, module_settings, D)
+    again = behaviour.run_build(spark, module_settings, D)
+    assert again["partial_days_recomputed"] == 1  # only day D itself: the 29 before are current
     assert _digest(spark, module_settings, "silver.user_behaviour", D, D) == first
     calls = []
     b = behaviour.run_backfill(spark, module_settings, D - dt.timedelta(days=2), D, force=True,
@@ -146,6 +152,10 @@ def test_late_data_recomputes_exactly_the_affected_days(spark, module_settings, 
     # 02-03..02-07 are stale (late data in their windows; 02-06/07 also saw the D+1
     # events), 02-08/09 were never built; 02-01/02 are untouched.
     assert s["passes"] == [["2024-02-03", "2024-02-09"]]
+    # partials: those of the days that received rows since (_extra spreads its rows an
+    # hour apart, so the late 02-03 rows spill into 02-04 and the D+1 rows into 02-07)
+    # were stale, 02-08/09 missing; the 30 before were reused
+    assert s["partial_days_recomputed"] == 6
     after = _digest(spark, module_settings, "silver.user_behaviour", a, b)
     before = log["state"]["before_late"]
     for d in (dt.date(2024, 2, 1), dt.date(2024, 2, 2)):
@@ -162,6 +172,18 @@ def test_late_data_recomputes_exactly_the_affected_days(spark, module_settings, 
     want = fresh.agg(F.count(F.lit(1)), F.sum(row_hash.cast("decimal(38,0)"))).first()
     got = table.agg(F.count(F.lit(1)), F.sum(table_hash.cast("decimal(38,0)"))).first()
     assert tuple(got) == tuple(want)
+    # and the stored daily partials are what a from-scratch computation gives
+    lo = a - dt.timedelta(days=29)
+    fresh_p = behaviour.daily_partials(bronze, lo, b, behaviour.BehaviourParams.from_settings(module_settings))
+    stored_p = spark.read.format("delta").load(module_settings.table("silver.user_daily")).where(
+        F.col("event_date").between(lo, b))
+    cols = stored_p.columns
+
+    def content(df):
+        h = F.xxhash64(*[F.col(c) for c in cols])
+        return tuple(df.select(*cols).agg(F.count(F.lit(1)), F.sum(h.cast("decimal(38,0)"))).first())
+
+    assert content(stored_p) == content(fresh_p)
     # the late purchases show up in the affected users' rows
     row = table.where((F.col("as_of_date") == F.lit(late_day)) & (F.col("user_id") == users[0])).first()
     assert row["days_since_last_purchase"] == 0
