@@ -130,8 +130,8 @@ def from_arrow(batch) -> Sequences:
         else:
             values = pc.fill_null(flat, PAD).to_numpy(zero_copy_only=False)
         cols[name] = values.reshape(n, width)
-    users = batch.column("user_id")
-    return Sequences(np.asarray(users.to_pylist(), dtype=object), **cols)
+    users = batch.column("user_id").to_numpy(zero_copy_only=False)
+    return Sequences(np.asarray(users, dtype=object), **cols)
 
 
 def sequences_from_events(

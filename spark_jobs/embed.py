@@ -106,11 +106,15 @@ def _embed_arrow_batches(model_path: str, threads: int, chunk: int, shipped: str
     go back as one flat float buffer."""
 
     def run(batches):
+        import os
+        import sys
+
         import numpy as np
         import pyarrow as pa
 
         from encoders import data, predict
 
+        t0 = time.perf_counter()
         predict.configure_threads(threads)
         if shipped:
             from pyspark import SparkFiles
@@ -118,9 +122,16 @@ def _embed_arrow_batches(model_path: str, threads: int, chunk: int, shipped: str
             encoder = predict.load(SparkFiles.get(shipped))
         else:
             encoder = predict.load(model_path)
+        t_load, t_conv, t_pred, t_wait, rows = time.perf_counter() - t0, 0.0, 0.0, 0.0, 0
+        t_next = time.perf_counter()
         for batch in batches:
+            t1 = time.perf_counter()
             seqs = data.from_arrow(batch)
+            t2 = time.perf_counter()
             emb = encoder(seqs.item_ids, seqs.category_ids, seqs.event_types, seqs.gap_seconds, chunk=chunk)
+            t3 = time.perf_counter()
+            t_wait, t_conv, t_pred = t_wait + t1 - t_next, t_conv + t2 - t1, t_pred + t3 - t2
+            rows += batch.num_rows
             n, d = emb.shape
             offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
             vectors = pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1), type=pa.float32()))
@@ -128,6 +139,12 @@ def _embed_arrow_batches(model_path: str, threads: int, chunk: int, shipped: str
                 [batch.column("user_id"), batch.column("as_of_date"), batch.column("event_timestamp"), vectors],
                 names=["user_id", "as_of_date", "event_timestamp", "user_emb"],
             )
+            t_next = time.perf_counter()
+        if os.environ.get("PERSONA_EMBED_PROFILE") == "1":
+            # wait: time blocked on the JVM for the next batch (or on the consumer of ours).
+            print(f"[embed-arrow pid {os.getpid()}] rows {rows} load {t_load:.2f}s wait {t_wait:.2f}s "
+                  f"convert {t_conv:.2f}s predict {t_pred:.2f}s task {time.perf_counter() - t0:.2f}s",
+                  file=sys.stderr, flush=True)
 
     return run
 

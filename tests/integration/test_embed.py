@@ -116,16 +116,18 @@ def test_spark_path_equals_numpy_path(spark, built):
     np.testing.assert_allclose(np.stack(gold["user_emb"].to_numpy()), local, atol=1e-5)
 
 
-def test_rerun_replaces_the_day_and_arrow_udf_agrees(spark, built):
+def test_rerun_replaces_the_day_and_other_udf_agrees(spark, built):
     from spark_jobs import embed as job
 
     s = built["settings"]
     before = _gold(spark, s).set_index("user_id").sort_index()
-    s.encoder.udf = "arrow"  # the mapInArrow variant must give the same vectors
+    default = s.encoder.udf
+    # The other UDF form (mapInPandas when the default is mapInArrow) gives the same vectors.
+    s.encoder.udf = "pandas" if default == "arrow" else "arrow"
     try:
         again = job.run(spark, s, as_of=LAST.isoformat())
     finally:
-        s.encoder.udf = "pandas"
+        s.encoder.udf = default
     after = _gold(spark, s).set_index("user_id").sort_index()
     assert again["rows"] == len(before) == len(after)
     np.testing.assert_allclose(np.stack(after["user_emb"].to_numpy()), np.stack(before["user_emb"].to_numpy()),
