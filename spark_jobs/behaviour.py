@@ -396,6 +396,67 @@ def windowed(days: DataFrame, params: BehaviourParams) -> DataFrame:
     return days.select(*sel).where(F.col("is_grid"))
 
 
+def rollup_one_day(p: DataFrame, day: int, params: BehaviourParams) -> DataFrame:
+    """Partials of [D-29, D] (with ``day``, hash-partitioned by user) -> the windowed
+    sums of the single as-of day D, as ``windowed`` gives them, with hash aggregates only
+    (no sort of the key rows): a daily refresh's roll-up.
+
+    Double sums are added in day order (``aggregate`` over the day-sorted list), as the
+    window frames of ``windowed`` do, so a refresh and a backfill write identical bits.
+    """
+    w = LONGEST_WINDOW
+    gap_us = params.session_gap_minutes * 60 * 1_000_000
+    keys = p.where(F.col("kind") != KIND_DAY).groupBy("user_id", "kind", "key").agg(F.sum("score").alias("score"))
+    kind = F.col("kind")
+    per_key = keys.groupBy("user_id").agg(
+        *[F.count(F.when(kind == k, True)).cast("long").alias(out) for k, out in _COUNTED_KINDS.items()],
+        F.slice(F.array_sort(F.collect_list(F.when((kind == KIND_CATEGORY) & (F.col("score") > 0),
+                                                   F.struct((-F.col("score")).alias("neg"), F.col("key"))))),
+                1, TOP_CATEGORIES).alias("_top"),
+        F.max(F.when((kind == KIND_BRAND) & (F.col("score") > 0), F.col("score"))).alias("top_brand_score"),
+    )
+    order = Window.partitionBy("user_id").orderBy("day")
+    d = p.where(kind == KIND_DAY).withColumn("cont", F.when(
+        (F.lag("day", 1).over(order) == F.col("day") - 1)
+        & ((F.col("first_gap_us") - F.lag("last_gap_us", 1).over(order)) <= gap_us)
+        & (F.col("day") > day - (w - 1)), F.lit(1)).otherwise(F.lit(0)).cast("long"))
+
+    def in_last(n: int, c: str) -> Column:
+        return F.sum(F.when(F.col("day") > day - n, F.col(c)))
+
+    def in_order(c: str) -> Column:  # a double sum in day order
+        xs = F.array_sort(F.collect_list(F.struct("day", F.col(c).alias("v"))))
+        vals = F.filter(xs, lambda x: x["v"].isNotNull())
+        return F.when(F.size(vals) > 0, F.aggregate(vals, F.lit(0.0).cast("double"), lambda acc, x: acc + x["v"]))
+
+    aggs = [F.coalesce(in_last(n, part), F.lit(0)).cast("long").alias(out) for out, part, n in _WINDOW_COUNTS]
+    aggs += [
+        F.sum("n_events").alias("events_30d"),
+        F.sum("n_night").alias("night_30d"),
+        in_order("spend").alias("spend_30d_raw"),
+        in_order("price_sum").alias("price_sum_30d"),
+        F.sum("price_n").alias("price_n_30d"),
+        F.sum("cat_score").alias("cat_score_30d"),
+        F.sum("brand_score").alias("brand_score_30d"),
+        (F.coalesce(F.sum("gap_starts"), F.lit(0)) - F.sum("cont")).alias("gap_sessions_30d"),
+        F.max("day").alias("last_event_day"),
+        F.max(F.when(F.col("n_purchase") > 0, F.col("day"))).alias("last_purchase_day"),
+        F.count(F.lit(1)).alias("active_days_30d"),
+        F.max("max_ingested_at").alias("created_timestamp"),
+    ]
+    per_day = d.groupBy("user_id").agg(*aggs)
+    counts = {out: F.coalesce(F.col(out), F.lit(0).cast("long")) for out in _COUNTED_KINDS.values()}
+    return (
+        per_day.join(per_key, "user_id", "left")
+        .withColumns(counts)
+        .withColumn("day", F.lit(day))
+        .withColumn("is_grid", F.lit(True))
+        .withColumn("top_cats", F.transform("_top", lambda x: x["key"]))
+        .withColumn("top_cat_score", -F.get(F.col("_top"), 0)["neg"])
+        .drop("_top")
+    )
+
+
 # ------------------------------------------------------------------------- the transform
 def features_from_partials(
     partials: DataFrame,
@@ -422,6 +483,8 @@ def features_from_partials(
     if repartition:
         n = partitions or int(partials.sparkSession.conf.get("spark.sql.shuffle.partitions"))
         p = p.repartition(n, "user_id")
+    if start == end:  # a daily refresh: hash aggregates over the 30 partials, no sort
+        return finalize(rollup_one_day(p.drop("event_date"), day_number(start), params))
     rows = with_drop_rows(p.drop("event_date"))
     return finalize(windowed(per_user_day(spread_to_days(rows, start, end)), params))
 
