@@ -129,9 +129,12 @@ class FusionSettings(_Section):
     seed: int = 7
     # BisectingKMeans iterations per split (Spark runs all of them: one job each).
     max_iter: int = 20
+    # BisectingKMeans fits per segment count (seeds seed, seed+1, ...); the one with the
+    # lowest within-segment cost is kept (why: the spark_jobs/fuse.py docstring).
+    restarts: int = 4
     # Total variance of the embedding block relative to the behaviour block (why: the
     # spark_jobs/fuse.py docstring).
-    embedding_weight: float = 1.0
+    embedding_weight: float = 0.25
     # "Never purchased" is not missing at random: it means "long ago", not "typical".
     never_days: int = 365
     # Silhouette-based choice of the segment count runs on at most this many rows.

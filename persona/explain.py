@@ -8,10 +8,11 @@ Two numbers carry the explanations:
 - a user's drivers: with x the user's standardised (and block-weighted) inputs, P the k
   kept loadings, s = P^T x the profile vector and L the components' variances, the
   user's distance from the centre in sd units is ||s||^2_L = sum_j s_j^2 / L_j =
-  sum_i x_i (P L^-1 s)_i. Each feature's term is its exact share of that distance (the
-  shares sum to 1): sd units, so a feature that makes the user unusual on a quiet
-  component counts as much as one on the loud volume component; per component j the
-  terms are loading x standardised value, P_ij x_i, which sum to s_j.
+  sum_i x_i (P L^-1 s)_i, over the components the segments are found on (metrics
+  ``cluster_components``: those above an average input's variance). Each feature's term
+  is its exact share of that distance (the shares sum to 1): sd units, so a feature that
+  makes the user unusual on a quieter component counts as much as one on the loudest;
+  per component j the terms are loading x standardised value, P_ij x_i, which sum to s_j.
 - a segment's distinctive features: z-scores of the segment mean against the whole day
   ((segment mean - population mean) / population sd), on the model's inputs (after
   log1p and imputation), shown next to the raw means.
@@ -29,6 +30,9 @@ from pyspark.sql import functions as F
 
 from persona.errors import InputError
 from spark_jobs import fuse
+
+OUTLIER_Z = 3.0
+
 
 def _word(z: float) -> str:
     if z >= 1.0:
@@ -188,7 +192,13 @@ def explain_user(
     P = fuse.pca_stage(model).pc.toArray()
     comp_var = np.maximum(np.array(metrics["component_variance"]), 1e-12)
     comp_sd = np.sqrt(comp_var)
-    s, contrib, shares = decompose(x, P, comp_var)
+    # Drivers: shares of the distance in the space the segments were found in (the
+    # leading components above an average input's variance, whitened: fuse.py). The
+    # quiet components beyond it are single features' noise; whitened, they would let
+    # any feature with one odd value outrank what actually places the user.
+    n_seg = int(metrics.get("cluster_components", len(comp_var)))
+    _, _, shares = decompose(x, P[:, :n_seg], comp_var[:n_seg])
+    s, contrib, _ = decompose(x, P, comp_var)
     stats = segment_stats(spark, settings, day)
     pop = stats["population"]
 
@@ -208,6 +218,10 @@ def explain_user(
             break
         drivers.append(dict(feature_entry(int(i)), share=float(shares[i])))
 
+    # Single inputs far from the population (|z| >= OUTLIER_Z): a lone odd value can sit
+    # on a quiet component outside the segment space, so the drivers need not show it.
+    outliers = [dict(feature_entry(int(i))) for i in np.argsort(-np.abs(z)) if abs(z[i]) >= OUTLIER_Z]
+
     comps = []
     for j in np.argsort(-np.abs(s) / comp_sd)[:top_components]:
         j = int(j)
@@ -226,8 +240,9 @@ def explain_user(
         "as_of": day.isoformat(),
         "fusion_version": version,
         "profile_vec": [float(v) for v in row["profile_vec"]],
-        "distance_sd": float(np.sqrt(np.sum((s / comp_sd) ** 2))),
+        "distance_sd": float(np.sqrt(np.sum((s[:n_seg] / comp_sd[:n_seg]) ** 2))),
         "drivers": drivers,
+        "outliers": outliers[:top_features],
         "components": comps,
         "segment": {
             "segment_id": int(row["segment_id"]),
@@ -249,12 +264,15 @@ def render_explanation(e: dict) -> str:
     seg = e["segment"]
     lines = [
         f"user {e['user_id']} on {e['as_of']} (fusion {e['fusion_version']}): segment {seg['segment_id']} "
-        f"of {seg['n_segments']}, {e['distance_sd']:.1f} sd from the centre of the population in profile space.",
+        f"of {seg['n_segments']}, {e['distance_sd']:.1f} sd from the centre of the population in segment space.",
         "",
         "What drives this profile (share of the distance from the centre, from loading x standardised value):",
     ]
     for n, f in enumerate(e["drivers"], start=1):
         lines.append(f"  {n}. {_label(f['feature'])} = {_value_words(f)}: {f['share']:.0%}")
+    if e.get("outliers"):
+        lines += ["", f"Unusual single values (|standardised| >= {OUTLIER_Z:g}):"]
+        lines += [f"  {_label(f['feature'])} = {_value_words(f)}" for f in e["outliers"]]
     lines += ["", "Strongest components for this user:"]
     for c in e["components"]:
         terms = ", ".join(f"{_label(f['feature'])} {f['contribution']:+.2f}" for f in c["features"][:3])

@@ -9,8 +9,8 @@ Planted truth:
   separates the halves (carts, purchases, spend, rates: many features), the second
   level separates within them; embeddings carry the same hierarchy (a centre per half
   plus a smaller offset per group) with noise;
-- one planted user (``PLANTED_USER``, a browser) with an extreme ``searches_7d``:
-  the driver ``explain`` must name;
+- one planted user (``PLANTED_USER``, a browser) with an extreme ``searches_7d``
+  (PLANTED_VALUE): the unusual value ``explain`` must name;
 - day 2 = day 1 with fresh noise, except ``night_share_30d`` shifted up for everyone
   (``DRIFTED_FEATURE``): the drift the report must flag.
 """
@@ -31,6 +31,9 @@ EMB_DIM = 8
 ENCODER = "enc-test-1"
 PLANTED_USER = "u0000"
 PLANTED_DRIVER = "searches_7d"
+# Far beyond every group even as searches per view (the fusion input is a log rate): the
+# searchers' ~2 per view vs ~200 per view here.
+PLANTED_VALUE = 20_000
 DRIFTED_FEATURE = "night_share_30d"
 
 # Poisson means per group for the 30-day counts the others derive from.
@@ -71,13 +74,14 @@ def day_rows(users: dict, day: dt.date, seed: int, night_shift: float = 0.0):
         g = int(users["group"][i])
         lam = _RATES[g] * users["activity"][i]
         views30, searches30, carts30, favs30, purchases30, sessions30 = (int(v) for v in rng.poisson(lam))
+        drawn_searches30 = searches30
         if uid == PLANTED_USER:
-            searches30 = 2400
+            searches30 = PLANTED_VALUE * 6 // 5
         views7 = int(rng.binomial(views30, 0.25))
         views1 = int(rng.binomial(views7, 0.15))
         searches7 = int(rng.binomial(searches30, 0.25))
         if uid == PLANTED_USER:
-            searches7 = 2000
+            searches7 = PLANTED_VALUE
         clicks7 = int(rng.binomial(views7, 0.3))
         carts7 = int(rng.binomial(carts30, 0.25))
         favs7 = int(rng.binomial(favs30, 0.25))
@@ -90,7 +94,9 @@ def day_rows(users: dict, day: dt.date, seed: int, night_shift: float = 0.0):
         distinct_items = int(max(1, views30 * rng.uniform(0.4, 0.7)))
         distinct_cats = int(max(1, min(distinct_items, rng.poisson(5 + distinct_items / 40))))
         distinct_queries = int(searches30 * rng.uniform(0.5, 0.8)) if uid != PLANTED_USER else 25
-        n_events = views30 + searches30 + carts30 + favs30 + purchases30
+        # The planted searches are logged outside sessions (a script): sessions keep
+        # their size, so the one absurd value is searches_7d alone.
+        n_events = views30 + drawn_searches30 + carts30 + favs30 + purchases30
         behaviour.append((
             uid, day, ts, created,
             views1, views7, views30, clicks7, searches7, carts7, carts30, favs7, favs30,
@@ -175,7 +181,7 @@ def test_synthetic_rows_match_the_schemas():
     assert all(len(r) == len(USER_EMBEDDINGS.fields) for r in e)
     names = [f.name for f in USER_BEHAVIOUR.fields]
     planted = b[0]
-    assert planted[0] == PLANTED_USER and planted[names.index(PLANTED_DRIVER)] == 2000
+    assert planted[0] == PLANTED_USER and planted[names.index(PLANTED_DRIVER)] == PLANTED_VALUE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,7 +57,42 @@ def test_preprocess_statement_log1p_fill_and_embedding(spark):
     assert rows["b"]["f__views_30d"] == pytest.approx(np.log1p(9))
     assert rows["a"]["f__days_since_last_purchase"] == pytest.approx(np.log1p(365))  # never -> a year
     assert rows["b"]["f__days_since_last_purchase"] == pytest.approx(np.log1p(3))
-    assert (rows["b"]["emb__0"], rows["b"]["emb__1"]) == (0.5, -1.0)
+    # The embedding enters as its direction (L2-normalised).
+    assert rows["b"]["emb__0"] == pytest.approx(0.5 / np.sqrt(1.25))
+    assert rows["b"]["emb__1"] == pytest.approx(-1.0 / np.sqrt(1.25))
+
+
+def test_preprocess_statement_relative_counts_are_log_rates(spark):
+    """Counts per their base: volume cancels (10x the activity, same rate, same input)."""
+    from pyspark.ml.feature import SQLTransformer
+
+    df = spark.createDataFrame(
+        [("a", 99, 9, [1.0]), ("b", 999, 99, [2.0]), ("c", 0, 0, [1.0])],
+        "user_id string, views_30d long, carts_30d long, user_emb array<float>",
+    )
+    stmt = fuse.preprocess_statement(["views_30d", "carts_30d"], ["views_30d", "carts_30d"], {}, 1,
+                                     {"carts_30d": "views_30d"})
+    rows = {r["user_id"]: r for r in SQLTransformer(statement=stmt).transform(df).collect()}
+    assert rows["a"]["f__carts_30d"] == pytest.approx(np.log(10 / 100))
+    assert rows["b"]["f__carts_30d"] == pytest.approx(np.log(100 / 1000))
+    assert rows["c"]["f__carts_30d"] == pytest.approx(0.0)
+    assert rows["b"]["f__views_30d"] == pytest.approx(np.log1p(999))  # the one volume input stays
+    assert rows["b"]["emb__0"] == pytest.approx(1.0)
+
+
+def test_every_count_but_views_30d_is_relative():
+    rel = fuse.relative_features()
+    feats = set(fuse.behaviour_features())
+    longs = {f.name for f in USER_BEHAVIOUR.fields if f.dataType.typeName() == "long"}
+    assert set(rel.values()) <= feats
+    assert (longs & feats) - set(rel) == {"views_30d", "active_days_30d"}
+    assert rel["carts_30d"] == "views_30d" and rel["searches_7d"] == "views_7d"
+
+
+def test_cluster_components_kaiser_rule():
+    assert fuse.cluster_components([5.0, 2.0, 1.2, 0.9, 0.5], 1.0) == 3
+    assert fuse.cluster_components([5.0, 0.5], 1.0) == 2  # at least two
+    assert fuse.cluster_components([0.5], 1.0) == 1
 
 
 def test_fusion_input_inner_join_keeps_behaviour_timestamp(spark):
