@@ -130,6 +130,7 @@ TEST_ENV = {
     "PERSONA__ENCODER__CATEGORY_BUCKETS": "200",
     "PERSONA__FUSION__MAX_SEGMENTS": "3",
     "PERSONA__FUSION__MAX_ITER": "5",
+    "PERSONA__FUSION__RESTARTS": "1",  # reliability compares runs, not clustering quality
 }
 USERS, DAYS, SEED = 60, 10, 5
 SERVICE = "ranking_light_v1"
