@@ -35,7 +35,9 @@ B. roll-up of as-of days [start, end] from the partials of [start-29, end], as a
 
 A backfill computes the partials of every needed day in one pass over their events,
 then rolls up all its as-of days in one pass. A daily refresh computes one day's
-partial (reads one bronze partition) and rolls up 30 small daily partials.
+partial (reads one bronze partition) and rolls up 30 small daily partials with hash
+aggregates only (``rollup_one_day``: a single as-of day needs no run/segment logic; its
+double sums are added in day order, so it writes exactly what a backfill writes).
 """
 
 from __future__ import annotations
