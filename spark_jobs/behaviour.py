@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from spark_jobs.quality import gate as quality_gate
 from spark_jobs.schemas import USER_BEHAVIOUR, USER_DAILY, conform
 
 LONGEST_WINDOW = 30
@@ -770,6 +771,9 @@ def run_build(spark: SparkSession, settings, as_of: dt.date | None = None) -> di
 
     t0 = time.perf_counter()
     day = as_of or latest_complete_day(spark, settings)
+    # The data-quality gate judges the day being published before anything is written
+    # (raises DataQualityError when behaviour.fail_on_quality is set and the day is flagged).
+    quality = quality_gate(spark, settings, [day])
     lo, hi = window_read_range(day, day)
     # The day's own partial is always recomputed (reads one bronze partition); the 29
     # before it only when missing or stale (late data).
@@ -778,6 +782,7 @@ def run_build(spark: SparkSession, settings, as_of: dt.date | None = None) -> di
         "as_of": day.isoformat(),
         "read_event_dates": [lo.isoformat(), hi.isoformat()],
         **written,
+        **quality,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -808,6 +813,7 @@ def run_backfill(
     # are stale and which daily partials are.
     per_day = day_ingested(_bronze(spark, settings), *window_read_range(start, end))
     todo = days_to_build(spark, settings, start, end, force, per_day)
+    quality = quality_gate(spark, settings, todo)  # before any write; see run_build
     passes = _runs(todo, settings.behaviour.backfill_chunk_days)
     total = len(todo)
     done = 0
@@ -835,5 +841,6 @@ def run_backfill(
         "passes": [[a.isoformat(), b.isoformat()] for a, b in passes],
         "behaviour_rows": rows,
         "partial_days_recomputed": partial_days,
+        **quality,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -35,13 +35,14 @@ def _print(summary: dict, title: str, as_json: bool) -> None:
 
 
 def _quality_gate(start: dt.date, end: dt.date, summary: dict) -> None:
-    """CALL POINT of the data-quality gate (spark_jobs.quality; the lead wires it in).
-
-    Runs after silver.user_behaviour / silver.user_sequences / silver.user_daily hold
-    the as-of days [start, end] (``summary`` is the job's summary dict). Intentionally
-    a no-op here: the gate may add its findings to ``summary`` or raise a PersonaError.
-    """
-    return None
+    """Show the data-quality gate's findings (spark_jobs.quality, run by the job before it
+    wrote anything; a gate configured to fail has already stopped the job)."""
+    flags = summary.pop("quality_flags", [])
+    for line in flags:
+        out.print(f"[yellow]quality warning[/yellow] {line}")
+    if flags:
+        out.print(f"[yellow]{len(flags)} day(s) in {start} .. {end} flagged; set behaviour.fail_on_quality "
+                  "to stop builds on flagged days[/yellow]")
 
 
 @app.command("build")

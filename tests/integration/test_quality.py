@@ -85,3 +85,22 @@ def test_gate_reports_or_stops(spark, home, tmp_path):
     with pytest.raises(DataQualityError, match=f"data-quality gate failed for {BAD_VOLUME}: volume"):
         gate(spark, strict, [BAD_VOLUME, LAST])
     assert gate(spark, strict, [LAST])["quality_days_flagged"] == 0
+
+
+def test_a_failing_gate_stops_build_and_backfill_before_any_write(spark, home):
+    from spark_jobs import delta_io
+    from spark_jobs.behaviour import run_backfill, run_build
+    from spark_jobs.quality import DataQualityError
+
+    settings, _ = home
+    strict = settings.model_copy(update={"behaviour": settings.behaviour.model_copy(update={"fail_on_quality": True})})
+    with pytest.raises(DataQualityError, match=str(BAD_VOLUME)):
+        run_build(spark, strict, BAD_VOLUME)
+    with pytest.raises(DataQualityError, match=str(BAD_VOLUME)):
+        run_backfill(spark, strict, LAST - dt.timedelta(days=3), LAST)
+    for table in ("silver.user_behaviour", "silver.user_sequences", "silver.user_daily"):
+        assert not delta_io.is_delta(spark, settings.table(table)), f"{table} was written"
+    # Not configured to fail: the build runs and its summary names the flagged day.
+    summary = run_build(spark, settings, BAD_VOLUME)
+    assert summary["quality_days_flagged"] == 1 and summary["quality_flags"][0].startswith(str(BAD_VOLUME))
+    assert delta_io.is_delta(spark, settings.table("silver.user_behaviour"))
