@@ -216,6 +216,8 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small size (a couple of minutes)")
+    ap.add_argument("--sizes", default="", help="comma-separated event counts (default 5000000,20000000)")
+    ap.add_argument("--repeat", type=int, default=0, help="warm runs per size, best kept (default 2; quick 1)")
     args = ap.parse_args(argv)
 
     from persona.config import load_settings
@@ -224,10 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
     settings = load_settings(home=CACHE_DIR / "home")
     spark = get_spark(settings)
     sizes = [300_000] if args.quick else [5_000_000, 20_000_000]
+    if args.sizes:
+        sizes = [int(x.replace("_", "")) for x in args.sizes.split(",")]
+    repeat = args.repeat or (1 if args.quick else 2)
     results = {}
     for size in sizes:
         t0 = time.perf_counter()
-        results[str(size)] = _run_size(spark, settings, size, repeat=1 if args.quick else 2)
+        results[str(size)] = _run_size(spark, settings, size, repeat=repeat)
         print(f"size {size:,} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         # Recorded after every size, so a run cut short still leaves what it measured.
         write_results("behaviour", {"quick": args.quick, "complete": False, "sizes": results,
