@@ -61,6 +61,7 @@ BASE_TABLES: tuple[str, ...] = (
     "bronze.events_quarantine",
     "silver.user_behaviour",
     "silver.user_sequences",
+    "silver.user_daily",
     "gold.user_embeddings",
     "gold.user_profiles",
 )
