@@ -11,15 +11,9 @@ import typer
 from rich.table import Table
 
 from persona.cli import app, settings, spark
+from persona.commands.build import _date  # the one date-option parser
 from persona.errors import InputError
 from persona.progress import out
-
-
-def _date(value: str, option: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise InputError(f"{option} must be a date like 2024-01-31, got {value!r}") from None
 
 
 def _pct(v: Optional[float]) -> str:
