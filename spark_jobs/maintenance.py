@@ -17,7 +17,9 @@ Two jobs, both meant to run while nothing else writes to the tables:
 
 ``run_maintain(spark, settings)``
   Per table: delete snapshots older than ``maintenance.snapshot_retention_days``
-  (snapshot tables, by ``as_of_date``), OPTIMIZE (bin-packing small files into
+  (snapshot tables, by ``as_of_date``; the daily partials ``silver.user_daily``, by
+  ``event_date``, 29 days further back, so every kept snapshot can be rolled up
+  again), OPTIMIZE (bin-packing small files into
   larger ones), VACUUM by ``maintenance.vacuum_retention_hours``. Output: one summary
   row per table (files before/after, snapshot rows removed, files vacuumed).
 
@@ -46,6 +48,11 @@ from spark_jobs.schemas import TABLES
 QUARANTINE = "bronze.events_quarantine"
 # One row per user per as_of_date: what snapshot retention applies to.
 SNAPSHOT_TABLES = ("silver.user_behaviour", "silver.user_sequences", "gold.user_embeddings", "gold.user_profiles")
+# One row per user per event_date: the daily partials the behaviour snapshots roll up.
+# Kept as far back as the oldest retained snapshot's longest window reaches (29 days
+# before it); older partials only serve as-of days already deleted, and a backfill of
+# such days recomputes missing partials from bronze.
+PARTIAL_TABLES = {"silver.user_daily": "event_date"}
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 SPARK_DEFAULT_LISTING = "10000"
@@ -419,13 +426,15 @@ def run_forget(spark: SparkSession, settings, users: Iterable[str], online: bool
 
 
 # ---- maintain ------------------------------------------------------------------------------
-def _drop_old_snapshots(spark: SparkSession, path: str, days: int) -> tuple[int, dt.date | None]:
-    newest = spark.read.format("delta").load(path).agg(F.max("as_of_date")).first()[0]
+def _drop_old_snapshots(spark: SparkSession, path: str, days: int, column: str = "as_of_date",
+                        reach: int = 0) -> tuple[int, dt.date | None]:
+    """Delete rows with ``column`` before (newest - days - reach); returns (rows, cutoff)."""
+    newest = spark.read.format("delta").load(path).agg(F.max(column)).first()[0]
     if newest is None:
         return 0, None
-    cutoff = newest - dt.timedelta(days=days)
+    cutoff = newest - dt.timedelta(days=days + reach)
     # A date literal, not a user id: fine in the commit's recorded predicate.
-    res = spark.sql(f"DELETE FROM {_q(path)} WHERE as_of_date < DATE'{cutoff.isoformat()}'").first()
+    res = spark.sql(f"DELETE FROM {_q(path)} WHERE {column} < DATE'{cutoff.isoformat()}'").first()
     return int(res[0] if res is not None else 0), cutoff
 
 
@@ -454,6 +463,13 @@ def maintain_table(spark: SparkSession, settings, name: str) -> dict:
            "files_vacuumed": 0, "retention_hours": m.vacuum_retention_hours, "notes": []}
     if name in SNAPSHOT_TABLES and m.snapshot_retention_days > 0:
         deleted, cutoff = _drop_old_snapshots(spark, path, m.snapshot_retention_days)
+        row["snapshot_rows_deleted"] = deleted
+        row["snapshots_before"] = cutoff.isoformat() if cutoff else None
+    elif name in PARTIAL_TABLES and m.snapshot_retention_days > 0:
+        from spark_jobs.behaviour import LONGEST_WINDOW
+
+        deleted, cutoff = _drop_old_snapshots(spark, path, m.snapshot_retention_days, PARTIAL_TABLES[name],
+                                              reach=LONGEST_WINDOW - 1)
         row["snapshot_rows_deleted"] = deleted
         row["snapshots_before"] = cutoff.isoformat() if cutoff else None
     files_now = _detail(spark, path)["files"]

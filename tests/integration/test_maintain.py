@@ -2,8 +2,9 @@
 policy deleted, VACUUM honouring the retention policy (time travel survives 168 h, ends
 at 0 h).
 
-Planted data: silver.user_behaviour over five as_of_dates and bronze.events over two
-event_dates, each written by two small appends spread over four tasks (so every
+Planted data: silver.user_behaviour over five as_of_dates, bronze.events over two
+event_dates, and silver.user_daily (the daily partials) on event dates around the
+oldest partial a kept snapshot still rolls up (cutoff - 29 days), each written by two small appends spread over four tasks (so every
 partition gets several tiny files and the tables have two versions). Run 1: default
 vacuum retention, snapshot retention 2 days. Run 2: vacuum retention 0 h.
 """
@@ -23,6 +24,9 @@ NEWEST = dt.date(2024, 3, 10)
 DAYS = [NEWEST - dt.timedelta(days=k) for k in range(5)]  # 10, 9, 8, 7, 6 March
 USERS = [f"u{i}" for i in range(6)]
 KEEP_DAYS = 2  # keep as_of_date >= NEWEST - 2 days
+# Partials: the kept as-of day NEWEST-2 reads event dates back to NEWEST-31.
+PARTIAL_DAYS = [NEWEST, NEWEST - dt.timedelta(days=31), NEWEST - dt.timedelta(days=32),
+                NEWEST - dt.timedelta(days=45)]
 
 
 def _settings(home, **maint):
@@ -42,7 +46,7 @@ def content_hash(spark, path, version=None) -> tuple[int, str]:
 def build(spark, settings):
     from tests.integration.test_forget import event_rows, snapshot_rows
 
-    from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR
+    from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR, USER_DAILY
 
     for part in range(2):
         users = USERS[part * 3:(part + 1) * 3]
@@ -52,6 +56,9 @@ def build(spark, settings):
         ev = [r for d in DAYS[:2] for r in event_rows(USERS, d, start=part * 100)]
         spark.createDataFrame(ev, EVENTS).repartition(4).write.format("delta").mode("append") \
             .partitionBy("event_date").save(settings.table("bronze.events"))
+        daily = [r for d in PARTIAL_DAYS for r in snapshot_rows(USER_DAILY, users, d, start=part * 100)]
+        spark.createDataFrame(daily, USER_DAILY).write.format("delta").mode("append") \
+            .partitionBy("event_date").save(settings.table("silver.user_daily"))
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,17 @@ def test_old_snapshots_removed_per_policy(maintained, spark):
     # bronze has no snapshot retention; the second run finds nothing more to delete.
     assert _row(maintained["run1"], "bronze.events")["snapshot_rows_deleted"] == 0
     assert _row(maintained["run2"], "silver.user_behaviour")["snapshot_rows_deleted"] == 0
+
+
+def test_partials_kept_as_far_back_as_kept_snapshots_read(maintained, spark):
+    r = _row(maintained["run1"], "silver.user_daily")
+    oldest_needed = maintained["cutoff"] - dt.timedelta(days=29)
+    assert r["snapshots_before"] == oldest_needed.isoformat()
+    assert r["snapshot_rows_deleted"] == 2 * len(USERS)  # NEWEST-32 and NEWEST-45
+    days = {x[0] for x in spark.read.format("delta").load(
+        maintained["settings"].table("silver.user_daily")).select("event_date").distinct().collect()}
+    assert days == {d for d in PARTIAL_DAYS if d >= oldest_needed}
+    assert _row(maintained["run2"], "silver.user_daily")["snapshot_rows_deleted"] == 0
 
 
 def test_vacuum_follows_the_retention_policy(maintained, spark):
