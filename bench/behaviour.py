@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import glob
+import json
 import os
 import shutil
 import sys
 import time
 
-from bench.common import CACHE_DIR, print_table, timed, write_results
+from bench.common import CACHE_DIR, RESULTS_DIR, print_table, timed, write_results
 
 START = dt.date(2024, 1, 1)
 DAYS = 60
@@ -159,10 +160,10 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
 
     def spark_full(a, b):
         shutil.rmtree(daily, ignore_errors=True)  # a backfill from scratch: every partial
-        behaviour.refresh_range(spark, bronze, daily, out, a, b, params)
+        behaviour.refresh_range(spark, bronze, daily, out, a, b, params, events_path=path)
 
     def spark_refresh(d):
-        behaviour.refresh_range(spark, bronze, daily, out, d, d, params, always={d})
+        behaviour.refresh_range(spark, bronze, daily, out, d, d, params, always={d}, events_path=path)
 
     def spark_seq(a, b):
         user_sequences(bronze, a, b, settings.behaviour.sequence_length).write.format("noop").mode("overwrite").save()
@@ -230,9 +231,21 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = [int(x.replace("_", "")) for x in args.sizes.split(",")]
     repeat = args.repeat or (1 if args.quick else 2)
     results = {}
+    previous = RESULTS_DIR / "behaviour.json"
+    if args.sizes and previous.is_file():
+        # One size at a time (20M takes most of an hour): keep the sizes measured before,
+        # each with its own load figures, unless this run measures them again.
+        try:
+            old = json.loads(previous.read_text())
+            if not old.get("quick"):
+                results.update({k: {**v, "recorded_at": v.get("recorded_at", old.get("recorded_at"))}
+                                for k, v in old.get("sizes", {}).items()})
+        except ValueError:
+            pass
     for size in sizes:
         t0 = time.perf_counter()
-        results[str(size)] = _run_size(spark, settings, size, repeat=repeat)
+        results[str(size)] = {**_run_size(spark, settings, size, repeat=repeat),
+                              "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         print(f"size {size:,} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         # Recorded after every size, so a run cut short still leaves what it measured.
         write_results("behaviour", {"quick": args.quick, "complete": False, "sizes": results,

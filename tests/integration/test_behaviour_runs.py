@@ -189,6 +189,47 @@ def test_late_data_recomputes_exactly_the_affected_days(spark, module_settings, 
     assert row["days_since_last_purchase"] == 0
 
 
+def test_daily_refresh_staleness_from_delta_statistics(spark, module_settings, log, monkeypatch):
+    """A build's staleness check reads both tables' Delta statistics (no scan); with
+    sub-millisecond ingest times (statistics keep milliseconds) it still recomputes
+    exactly the day that got late data, and the result equals a from-scratch run."""
+    bronze_path = module_settings.table("bronze.events")
+    daily_path = module_settings.table("silver.user_daily")
+    lo, hi = D - dt.timedelta(days=29), D
+    stats = behaviour.stats_day_max(bronze_path, "ingested_at", lo, hi)
+    scanned = behaviour.day_ingested(spark.read.format("delta").load(bronze_path), lo, hi)
+    assert stats is not None and set(stats) == set(scanned)
+    assert all(abs(stats[d] - scanned[d].replace(tzinfo=stats[d].tzinfo)) < dt.timedelta(milliseconds=1)
+               for d in stats)
+    assert behaviour.stats_day_max(daily_path, "created_timestamp", lo, hi) is not None
+    assert behaviour.stats_day_max("s3a://bucket/none", "ingested_at", lo, hi) is None  # remote: scan
+    assert behaviour.stats_day_max(str(module_settings.home / "nothing"), "ingested_at", lo, hi) is None
+
+    assert behaviour.run_build(spark, module_settings, D)["partial_days_recomputed"] == 1
+    late_day = D - dt.timedelta(days=3)
+    users = sorted(log["events"]["user_id"].unique())[20:22]  # 6 rows an hour apart: one day
+    _write(spark, module_settings, _extra(log["events"], late_day, "late2", users),
+           T0 + pd.Timedelta(days=3, microseconds=123_457))
+    s = behaviour.run_build(spark, module_settings, D)
+    assert s["partial_days_recomputed"] == 2  # D itself and the day with late data
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the daily refresh scanned for staleness")
+
+    monkeypatch.setattr(behaviour, "day_ingested", no_scan)
+    assert behaviour.run_build(spark, module_settings, D)["partial_days_recomputed"] == 1
+    monkeypatch.undo()
+    bronze = spark.read.format("delta").load(bronze_path)
+    fresh = behaviour.behaviour_features(bronze, D, D, behaviour.BehaviourParams.from_settings(module_settings))
+    table = spark.read.format("delta").load(module_settings.table("silver.user_behaviour")).where(
+        F.col("as_of_date") == F.lit(D))
+
+    def content(df):
+        h = F.xxhash64(*[F.col(c) for c in fresh.columns])
+        return tuple(df.select(*fresh.columns).agg(F.count(F.lit(1)), F.sum(h.cast("decimal(38,0)"))).first())
+
+    assert content(table) == content(fresh)
+
+
 def test_backfill_rejects_an_inverted_range(spark, module_settings, log):
     from persona.errors import InputError
 
