@@ -139,6 +139,16 @@ def _bronze(spark, settings, n_events: int) -> str:
     return str(path)
 
 
+def _duckdb_memory_limit(settings) -> str:
+    """RAM minus the Spark driver's heap minus 6 GiB of headroom (JVM off-heap, Python,
+    DuckDB's allocations outside its limit)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    text = str(settings.spark.driver_memory).strip().lower()
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    heap = int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+    return f"{max(2 * 2**30, total - heap - 6 * 2**30) // 2**20}MB"
+
+
 def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     import duckdb
     import pandas as pd
@@ -181,6 +191,11 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.execute(f"SET temp_directory='{CACHE_DIR / 'duckdb-tmp'}'")
+    # DuckDB defaults to 80% of RAM, but the Spark driver JVM of this same run holds its
+    # heap too: at 20M events DuckDB's window join grew to 17 GB and the kernel killed
+    # the run. Cap it to what the JVM leaves (it spills to temp_directory beyond that).
+    con.execute(f"SET memory_limit='{_duckdb_memory_limit(settings)}'")
+    con.execute("SET preserve_insertion_order=false")
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet([{listed}], hive_partitioning=true)")
     days = pd.DataFrame({"as_of": pd.to_datetime([start + dt.timedelta(days=i) for i in range(30)])})
