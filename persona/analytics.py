@@ -297,8 +297,19 @@ class DeltaSnapshot:
 _UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
+
+
+def plain_parquet_blockers(table) -> set[str]:
+    """The features of a delta-rs ``DeltaTable`` that make reading its files as plain
+    Parquet (or trusting their statistics) wrong; empty when it is safe."""
+    protocol = table.protocol()
+    blocking = set(protocol.reader_features or []) & _UNSUPPORTED_READER_FEATURES
+    # Reader version 2 means column mapping; version 3 lists its reader features.
+    if protocol.min_reader_version == 2:
+        blocking.add("columnMapping")
+    return blocking
 
 
 def delta_snapshot(name: str, path: str) -> DeltaSnapshot | None:
@@ -306,7 +317,7 @@ def delta_snapshot(name: str, path: str) -> DeltaSnapshot | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    if _is_local(path) and not Path(path.removeprefix("file://"), "_delta_log").is_dir():
+    if is_local_path(path) and not Path(path.removeprefix("file://"), "_delta_log").is_dir():
         return None
     try:
         table = DeltaTable(path)
@@ -314,11 +325,7 @@ def delta_snapshot(name: str, path: str) -> DeltaSnapshot | None:
         return None
     except Exception as exc:  # protocol features delta-rs cannot read, corrupt logs
         raise ServiceError(f"cannot read Delta table {name} at {path}: {str(exc).splitlines()[0]}") from exc
-    protocol = table.protocol()
-    # Reader version 2 means column mapping; version 3 lists its reader features.
-    blocking = set(protocol.reader_features or []) & _UNSUPPORTED_READER_FEATURES
-    if protocol.min_reader_version == 2:
-        blocking.add("columnMapping")
+    blocking = plain_parquet_blockers(table)
     if blocking:
         raise ServiceError(
             f"Delta table {name} uses {', '.join(sorted(blocking))}, which the embedded engine "
@@ -441,7 +448,7 @@ def build_embedded_catalog(settings: "Settings", views: dict[str, View] | None =
     """The DuckDB catalog file for the tables' current Delta versions (built if missing)."""
     import duckdb
 
-    if not _is_local(settings.warehouse_root):
+    if not is_local_path(settings.warehouse_root):
         raise InputError(
             f"the embedded SQL engine reads local tables only (warehouse is {settings.warehouse_root}); "
             f"use `persona sql-server` or --url"
@@ -718,7 +725,7 @@ def server_setup_statements(settings: "Settings", views: dict[str, View] | None 
     present = {}
     for name in BASE_TABLES:
         path = settings.table(name)
-        if not _is_local(path) or Path(path, "_delta_log").is_dir():
+        if not is_local_path(path) or Path(path, "_delta_log").is_dir():
             present[name] = path
     statements = []
     for layer in sorted({n.split(".")[0] for n in present}):

@@ -32,6 +32,7 @@ from feast.infra.common.materialization_job import (
 from feast.infra.compute_engines.base import ComputeEngine
 from feast.repo_config import FeastConfigBaseModel
 
+from persona.analytics import is_local_path, plain_parquet_blockers
 from persona.feast_codec import RedisTarget, ViewLayout, redis_target, write_batches
 
 # Set by persona.serving.materialize: called as progress(label, done, total) with Spark
@@ -192,15 +193,13 @@ class PersonaSparkEngine(ComputeEngine):
         src = fv.batch_source
         path = getattr(src, "path", None)
         if (not isinstance(src, SparkSource) or not isinstance(getattr(src, "table_format", None), DeltaFormat)
-                or not path or src.field_mapping or ("://" in path and not path.startswith("file://"))):
+                or not path or src.field_mapping or not is_local_path(path)):
             return None
         try:
             from deltalake import DeltaTable
 
             table = DeltaTable(path)
-            protocol = table.protocol()
-            if protocol.min_reader_version == 2 or {"deletionVectors", "columnMapping"} & set(
-                    protocol.reader_features or []):
+            if plain_parquet_blockers(table):
                 return None  # data a plain Parquet scan would read wrongly
             dataset = table.to_pyarrow_dataset()
         except Exception:

@@ -619,15 +619,15 @@ def stats_day_max(path: str | None, column: str, lo: dt.date, hi: dt.date) -> di
     The values are the statistics' (Delta keeps timestamps to the millisecond), so they
     are only ever compared with values from this same function.
     """
-    if not path or ("://" in path and not path.startswith("file://")):
+    from persona.analytics import is_local_path, plain_parquet_blockers
+
+    if not path or not is_local_path(path):
         return None
     try:
         from deltalake import DeltaTable
 
         table = DeltaTable(path.removeprefix("file://"))
-        protocol = table.protocol()
-        if protocol.min_reader_version == 2 or {"deletionVectors", "columnMapping"} & set(
-                protocol.reader_features or []):
+        if plain_parquet_blockers(table):
             return None
         actions = table.get_add_actions(flatten=True)
         names = ("partition.event_date", "num_records", f"null_count.{column}", f"max.{column}")
