@@ -426,6 +426,17 @@ def run_forget(spark: SparkSession, settings, users: Iterable[str], online: bool
 
 
 # ---- maintain ------------------------------------------------------------------------------
+def _retention_rule(name: str) -> tuple[str, int] | None:
+    """(date column, extra days kept) of a table snapshot retention applies to."""
+    if name in SNAPSHOT_TABLES:
+        return "as_of_date", 0
+    if name in PARTIAL_TABLES:
+        from spark_jobs.behaviour import LONGEST_WINDOW
+
+        return PARTIAL_TABLES[name], LONGEST_WINDOW - 1
+    return None
+
+
 def _drop_old_snapshots(spark: SparkSession, path: str, days: int, column: str = "as_of_date",
                         reach: int = 0) -> tuple[int, dt.date | None]:
     """Delete rows with ``column`` before (newest - days - reach); returns (rows, cutoff)."""
@@ -461,15 +472,9 @@ def maintain_table(spark: SparkSession, settings, name: str) -> dict:
     row = {"table": name, "status": "ok", "files_before": before["files"], "bytes_before": before["bytes"],
            "snapshot_rows_deleted": 0, "snapshots_before": None, "files_compacted": 0, "files_written": 0,
            "files_vacuumed": 0, "retention_hours": m.vacuum_retention_hours, "notes": []}
-    if name in SNAPSHOT_TABLES and m.snapshot_retention_days > 0:
-        deleted, cutoff = _drop_old_snapshots(spark, path, m.snapshot_retention_days)
-        row["snapshot_rows_deleted"] = deleted
-        row["snapshots_before"] = cutoff.isoformat() if cutoff else None
-    elif name in PARTIAL_TABLES and m.snapshot_retention_days > 0:
-        from spark_jobs.behaviour import LONGEST_WINDOW
-
-        deleted, cutoff = _drop_old_snapshots(spark, path, m.snapshot_retention_days, PARTIAL_TABLES[name],
-                                              reach=LONGEST_WINDOW - 1)
+    rule = _retention_rule(name)
+    if rule is not None and m.snapshot_retention_days > 0:
+        deleted, cutoff = _drop_old_snapshots(spark, path, m.snapshot_retention_days, *rule)
         row["snapshot_rows_deleted"] = deleted
         row["snapshots_before"] = cutoff.isoformat() if cutoff else None
     files_now = _detail(spark, path)["files"]
