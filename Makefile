@@ -47,7 +47,7 @@ bench-quick: install
 	for b in ingest behaviour encoder serving sql; do $(PY) -m bench.$$b --quick || exit 1; done
 
 docs: install
-	$(PY) -m spark_jobs.feature_dictionary > docs/features.md
+	$(PY) -m spark_jobs.silver.feature_dictionary > docs/features.md
 
 clean:
 	rm -rf .persona .pytest_cache .hypothesis spark-warehouse metastore_db derby.log

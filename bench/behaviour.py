@@ -120,7 +120,7 @@ def _bronze(spark, settings, n_events: int) -> str:
     """A cached bronze Delta table of about n_events generated events; returns its path."""
     from pyspark.sql import functions as F
 
-    from persona.generate import generate
+    from persona.demo.generator import generate
     from spark_jobs.schemas import EVENTS, conform
 
     users = max(10, n_events // (DAYS * EVENTS_PER_USER_DAY))
@@ -154,9 +154,10 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from spark_jobs import behaviour, delta_io
+    from spark_jobs import delta_io
+    from spark_jobs.silver import behaviour
     from spark_jobs.schemas import USER_BEHAVIOUR
-    from spark_jobs.sequences import user_sequences
+    from spark_jobs.silver.sequences import user_sequences
 
     path = _bronze(spark, settings, n_events)
     bronze = spark.read.format("delta").load(path)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=0, help="warm runs per size, best kept (default 2; quick 1)")
     args = ap.parse_args(argv)
 
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import get_spark
 
     settings = load_settings(home=CACHE_DIR / "home")

@@ -6,7 +6,7 @@ same users.
 - ``inprocess_rows_per_s``: one Python process (TF on every core) calling the numpy
   predict function (:func:`encoders.predict.embed`) on the sequences already in memory
   as arrays: the practical limit on this machine.
-- ``spark_rows_per_s``: ``spark_jobs.embed.run`` end to end (Delta read, Arrow batches to
+- ``spark_rows_per_s``: ``spark_jobs.gold.embed.run`` end to end (Delta read, Arrow batches to
   the Python workers, predict, Delta write), session start excluded, on a warm run
   (Python workers reused, model already cached in them, as in a daily job after the
   first day); the cold first run (worker start, TF import, model load) is reported too.
@@ -129,7 +129,7 @@ def _inprocess(settings, model_dir: Path) -> dict:
 
 
 def _spark_run(spark, settings, version: str, udf: str) -> dict:
-    from spark_jobs import embed as job
+    from spark_jobs.gold import embed as job
 
     settings.encoder.udf = udf
     start = time.perf_counter()
@@ -145,8 +145,8 @@ def _quality(work: Path, quick: bool) -> dict:
     from encoders import data
     from encoders.model import EncoderParams
     from encoders.train import train
-    from persona.config import load_settings
-    from persona.generate import generate
+    from core.settings import load_settings
+    from persona.demo.generator import generate
 
     params = EncoderParams.from_mapping(load_settings(environ={}).encoder)
     out = {}
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     users = args.users or (200_000 if args.quick else 1_000_000)
 
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="persona-bench-encoder-"))

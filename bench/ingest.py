@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small inputs (about a minute)")
     args = ap.parse_args(argv)
 
-    from persona.config import load_settings
-    from persona.generate import generate
-    from spark_jobs.ingest import run_ingest
+    from core.settings import load_settings
+    from persona.demo.generator import generate
+    from spark_jobs.bronze.ingest import run_ingest
     from spark_jobs.session import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="persona-bench-ingest-"))

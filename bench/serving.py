@@ -155,7 +155,7 @@ def bench_objects(settings, extra: int) -> tuple[list, list]:
     from feast.table_format import DeltaFormat
     from feast.types import Float64, Int64
 
-    from persona import serving
+    from persona.serving import store as serving
 
     objects = serving.load_declarations(settings)
     by_name = {(type(o).__name__, o.name): o for o in objects}
@@ -177,7 +177,7 @@ def bench_objects(settings, extra: int) -> tuple[list, list]:
 
 def apply_bench(settings, spark, extra: int) -> None:
     """``persona apply``, then the synthetic view and the widened recommender_v1."""
-    from persona import serving
+    from persona.serving import store as serving
 
     serving.apply(settings, spark)
     if extra:
@@ -243,7 +243,7 @@ def log(msg: str) -> None:
 
 
 def settings_for(home: Path, redis_conn: str | None, **env) -> "object":
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     environ = {"PERSONA__FEAST__ONLINE_STORE": "redis" if redis_conn else "sqlite"}
     if redis_conn:
@@ -256,7 +256,7 @@ def stock_store(settings, **overrides):
     """A FeatureStore on the same registry with Feast's own components (no persona code)."""
     from feast import FeatureStore, RepoConfig
 
-    from persona import serving
+    from persona.serving import store as serving
 
     cfg = serving.config_dict(settings)
     cfg["online_store"]["type"] = "redis"
@@ -270,8 +270,8 @@ def stock_store(settings, **overrides):
 def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rclient, users: int,
                       last_day: dt.date, feast_default: bool, extra: int = 0) -> dict:
     """One daily snapshot (the latest as_of_date) into Redis, four ways."""
-    from persona import serving
-    from persona.feast_codec import hset_mappings
+    from persona.serving import store as serving
+    from persona.serving.redis_codec import hset_mappings
 
     start = dt.datetime.combine(last_day, dt.time(), tzinfo=dt.timezone.utc)
     end = start + dt.timedelta(days=1)
@@ -354,7 +354,7 @@ def _task(store, fv, start, end):
 
 
 def bench_online(settings, rclient, users: int, reps1: int, reps100: int) -> dict:
-    from persona import serving
+    from persona.serving import store as serving
 
     res: dict = {}
     ids = [f"u{i:07d}" for i in range(users)]
@@ -433,7 +433,7 @@ def bench_historical(spark, settings, users: int, days: int, rows: int, last_day
                      extra: int = 0) -> dict:
     import pandas as pd
 
-    from persona import serving
+    from persona.serving import store as serving
 
     rnd = random.Random(3)
     first = dt.datetime.combine(last_day - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.timezone.utc)
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
     hist_rows = 10_000 if args.quick else 100_000
     reps1, reps100 = (500, 200) if args.quick else (2000, 500)
 
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="persona-bench-serving-"))
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
         synth_tables(spark, base, users, days, last_day, extra=args.extra_features)
         log(f"tables: {users} users x {days} days in {time.perf_counter() - t:.1f}s")
         with redis_server(work) as (conn, rclient):
-            from persona import serving
+            from persona.serving import store as serving
 
             mat, s = bench_materialize(spark, base, work, conn, rclient, users, last_day,
                                        feast_default=not args.no_feast_default, extra=args.extra_features)

@@ -219,7 +219,7 @@ def _reference_connection(settings, views):
     without removed-but-not-vacuumed files, which holds for freshly written ones."""
     import duckdb
 
-    from persona import analytics
+    from persona.sql import engines as analytics
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     own_home = args.home is None
     home = Path(args.home or tempfile.mkdtemp(prefix="persona-bench-sql-"))
 
-    from persona import analytics
-    from persona.config import load_settings
+    from persona.sql import engines as analytics
+    from core.settings import load_settings
 
     settings = load_settings(home=home, environ={
         "PERSONA__SPARK__MASTER": "local[2]",

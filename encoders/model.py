@@ -27,10 +27,9 @@ from typing import Any, Mapping
 import keras
 from keras import layers, ops
 
+from core.tables import EVENT_TYPES
 from encoders.data import ARRAY_COLUMNS, PAD
 
-# Mirrors spark_jobs.schemas.EVENT_TYPES (encoders must not import Spark code).
-EVENT_TYPES = ("view", "click", "search", "cart", "fav", "purchase")
 RESERVED = 2  # padding + OOV indices in front of each vocabulary
 NEVER = "<persona:empty-vocabulary>"  # placeholder entry when a vocabulary would be empty
 OOV_TOKEN = "[UNK]"  # StringLookup's own token: may not appear inside a vocabulary

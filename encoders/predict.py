@@ -18,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from core.registry import ModelRegistry
+
 MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
 # Rows per TF call: big enough to amortise the call, small enough to stay in cache.
 DEFAULT_CHUNK = 4096
+
+
+
+def encoder_registry(root: str | os.PathLike) -> ModelRegistry:
+    """The encoder versions under ``root`` (``<home>/models/encoder``): timestamped names,
+    each with ``model.keras`` and ``metrics.json``."""
+    return ModelRegistry(Path(root), "timestamp", required=(MODEL_FILE,))
+
 
 _lock = threading.Lock()
 _models: dict[str, "LoadedEncoder"] = {}

@@ -18,9 +18,7 @@ Deterministic for a seed: seeded initialisers and shuffles, TF deterministic ops
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import shutil
 import time
 import zlib
 from collections import Counter
@@ -31,10 +29,10 @@ from typing import Callable
 import numpy as np
 
 from encoders import evaluate as ev
-from encoders import registry
+from core.registry import write_metrics
 from encoders.data import PAD, Sequences
 from encoders.model import EVENT_TYPES, OOV_TOKEN, RESERVED, Encoder, EncoderParams, build
-from encoders.predict import METRICS_FILE, MODEL_FILE
+from encoders.predict import MODEL_FILE, encoder_registry
 
 K = 10
 
@@ -102,53 +100,33 @@ def _set_determinism(seed: int) -> None:
         pass
 
 
-def train(
-    seqs: Sequences,
-    params: EncoderParams,
-    models_root: str | os.PathLike,
-    data_range: dict | None = None,
-    log: Callable[[str], None] | None = None,
-    verbose: int = 0,
-) -> TrainResult:
-    """Fit, evaluate and save one encoder version; returns where and how well."""
-    import keras
-
-    log = log or (lambda _msg: None)
-    t0 = time.perf_counter()
-    _set_determinism(params.seed)
-
-    n_events = seqs.seq_len
-    keep = n_events > 0
-    seqs = seqs.take(np.nonzero(keep)[0])
+def _split(seqs: Sequences, params: EncoderParams) -> tuple[Sequences, Sequences]:
+    """Users with events -> (train, validation): a seeded hash of the id, and validation
+    users need a prefix and a target (two or more events)."""
+    seqs = seqs.take(np.nonzero(seqs.seq_len > 0)[0])
     if len(seqs) == 0:
         raise ValueError("no user has any event in the sequences given")
     is_val = split_users(seqs.user_ids, params.validation_share, params.seed)
-    # Evaluation needs a prefix and a target: validation users with >= 2 events.
     is_val &= seqs.seq_len >= 2
     if not is_val.any() and len(seqs) > 1:
         is_val[np.argmax(seqs.seq_len)] = seqs.seq_len.max() >= 2
     train_set = seqs.take(np.nonzero(~is_val)[0])
-    val_set = seqs.take(np.nonzero(is_val)[0])
     if len(train_set) == 0:
         raise ValueError("no training users left after the validation split")
+    return train_set, seqs.take(np.nonzero(is_val)[0])
 
-    items, categories = fit_vocab(train_set, params)
-    encoder = build(items, categories, params)
-    log(f"vocabulary: {len(items)} items, {len(categories)} categories; "
-        f"{len(train_set)} train / {len(val_set)} validation users")
 
-    # A single event has no next event: such users shape the vocabulary and the
-    # popularity baseline but add no training target (on Taobao most users are these).
-    fit_set = train_set.take(np.nonzero(train_set.seq_len >= 2)[0])
-    if len(fit_set) == 0:
-        raise ValueError("no training user has two or more events")
+def _fit(encoder: Encoder, fit_set: Sequences, val_prefix: Sequences, params: EncoderParams,
+         log_dir: Path, verbose: int) -> dict:
+    """Compile and fit the training head with early stopping on the validation prefixes;
+    returns the initial loss, the curve, the best epoch and the monitored metric."""
+    import keras  # deferred: TensorFlow loads only when something trains
+
     x_train = to_indices(encoder, fit_set)
     y_train, w_train = next_targets(x_train[1], x_train[2])
-    val_prefix = val_set.drop_last()
     x_val = to_indices(encoder, val_prefix)
     y_val, w_val = next_targets(x_val[1], x_val[2])
-    has_val = len(val_set) > 0 and w_val.sum() > 0
-
+    has_val = len(val_prefix) > 0 and w_val.sum() > 0
     encoder.trainer.compile(
         optimizer=keras.optimizers.Adam(params.learning_rate),
         # Mean over the weighted (real) targets, so the loss reads as cross-entropy per event.
@@ -158,21 +136,11 @@ def train(
     )
     initial_loss = float(encoder.trainer.evaluate(x_train, y_train, sample_weight=w_train,
                                                   batch_size=params.batch_size, verbose=0))
-
-    fingerprint = {"params": asdict(params), "data": data_range or {}, "users": len(seqs),
-                   "items": len(items), "categories": len(categories)}
-    version = registry.new_version(fingerprint)
-    root = Path(models_root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{version}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-
-    callbacks = [keras.callbacks.TensorBoard(log_dir=str(tmp / "logs"), histogram_freq=0,
-                                             write_graph=False, update_freq="epoch")]
     monitor = "val_loss" if has_val else "loss"
-    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience,
-                                                   restore_best_weights=True))
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False, update_freq="epoch"),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True),
+    ]
     history = encoder.trainer.fit(
         x_train, y_train, sample_weight=w_train,
         validation_data=(x_val, y_val, w_val) if has_val else None,
@@ -181,34 +149,63 @@ def train(
     )
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     best_epoch = int(np.argmin(hist[monitor])) + 1 if hist.get(monitor) else 0
-    log(f"trained {len(hist.get('loss', []))} epochs, loss {initial_loss:.3f} -> "
-        f"{hist['loss'][-1]:.3f}" + (f", val_loss best {min(hist['val_loss']):.3f}" if has_val else ""))
+    return {"initial_loss": initial_loss, "epochs_run": len(hist.get("loss", [])), "best_epoch": best_epoch,
+            "monitor": monitor, "history": hist, "x_val": x_val}
 
-    evaluation = _evaluate(encoder, train_set, val_set, val_prefix, x_val, params)
-    log("evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in evaluation.items() if k != "users"))
 
-    encoder.model.save(str(tmp / MODEL_FILE))
-    metrics = {
-        "version": version,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {**(data_range or {}), "users": int(len(seqs)), "train_users": int(len(train_set)),
-                 "validation_users": int(len(val_set)),
-                 "fitted_users": int(len(fit_set)), "events": int(seqs.seq_len.sum()),
-                 "sequence_length": int(seqs.length)},
-        "vocab": {"items": len(items) + RESERVED, "categories": len(categories) + RESERVED,
-                  "event_types": len(EVENT_TYPES) + RESERVED,
-                  "note": "sizes include index 0 (padding) and 1 (out of vocabulary)"},
-        "params": asdict(params),
-        "n_params": int(encoder.model.count_params()),
-        "training": {"initial_loss": initial_loss, "epochs_run": len(hist.get("loss", [])),
-                     "best_epoch": best_epoch, "monitor": monitor, "history": hist,
-                     "seconds": round(time.perf_counter() - t0, 2)},
-        "evaluation": evaluation,
-    }
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-    final = root / version
-    os.replace(tmp, final)
-    return TrainResult(version, final, metrics)
+def train(
+    seqs: Sequences,
+    params: EncoderParams,
+    models_root: str | os.PathLike,
+    data_range: dict | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: int = 0,
+) -> TrainResult:
+    """Fit, evaluate and save one encoder version; returns where and how well."""
+    log = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    _set_determinism(params.seed)
+    train_set, val_set = _split(seqs, params)
+    seqs = seqs.take(np.nonzero(seqs.seq_len > 0)[0])
+    items, categories = fit_vocab(train_set, params)
+    encoder = build(items, categories, params)
+    log(f"vocabulary: {len(items)} items, {len(categories)} categories; "
+        f"{len(train_set)} train / {len(val_set)} validation users")
+    # A single event has no next event: such users shape the vocabulary and the
+    # popularity baseline but add no training target (on Taobao most users are these).
+    fit_set = train_set.take(np.nonzero(train_set.seq_len >= 2)[0])
+    if len(fit_set) == 0:
+        raise ValueError("no training user has two or more events")
+    val_prefix = val_set.drop_last()
+
+    registry = encoder_registry(models_root)
+    version = registry.new_version({"params": asdict(params), "data": data_range or {}, "users": len(seqs),
+                                    "items": len(items), "categories": len(categories)})
+    with registry.staging(version) as tmp:
+        fit = _fit(encoder, fit_set, val_prefix, params, tmp / "logs", verbose)
+        hist = fit["history"]
+        log(f"trained {fit['epochs_run']} epochs, loss {fit['initial_loss']:.3f} -> {hist['loss'][-1]:.3f}"
+            + (f", val_loss best {min(hist['val_loss']):.3f}" if "val_loss" in hist else ""))
+        evaluation = _evaluate(encoder, train_set, val_set, val_prefix, fit.pop("x_val"), params)
+        log("evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in evaluation.items() if k != "users"))
+        encoder.model.save(str(tmp / MODEL_FILE))
+        metrics = {
+            "version": version,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {**(data_range or {}), "users": int(len(seqs)), "train_users": int(len(train_set)),
+                     "validation_users": int(len(val_set)),
+                     "fitted_users": int(len(fit_set)), "events": int(seqs.seq_len.sum()),
+                     "sequence_length": int(seqs.length)},
+            "vocab": {"items": len(items) + RESERVED, "categories": len(categories) + RESERVED,
+                      "event_types": len(EVENT_TYPES) + RESERVED,
+                      "note": "sizes include index 0 (padding) and 1 (out of vocabulary)"},
+            "params": asdict(params),
+            "n_params": int(encoder.model.count_params()),
+            "training": {**fit, "seconds": round(time.perf_counter() - t0, 2)},
+            "evaluation": evaluation,
+        }
+        write_metrics(tmp, metrics)
+    return TrainResult(version, Path(models_root) / version, metrics)
 
 
 def _evaluate(encoder: Encoder, train_set: Sequences, val_set: Sequences, val_prefix: Sequences,

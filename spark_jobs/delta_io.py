@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from persona.errors import NotBuiltError
+from core.errors import NotBuiltError
 from spark_jobs.schemas import conform
 
 
@@ -114,6 +114,18 @@ def create_if_missing(spark: SparkSession, path: str, schema: StructType, partit
         ).save(path)
 
     retry_conflicts(create)
+
+
+def commit_rows(spark: SparkSession, path: str) -> int | None:
+    """Rows written by the table's last commit, from Delta's operation metrics (no scan);
+    None when the commit recorded none (callers that need the number count instead)."""
+    from delta.tables import DeltaTable  # deferred: delta's Python API pulls in pyspark's JVM glue
+
+    try:
+        metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"] or {}
+        return int(metrics["numOutputRows"])
+    except Exception:  # no such metric (an older writer), no table
+        return None
 
 
 def partition_values(spark: SparkSession, path: str, col: str) -> list:

@@ -20,7 +20,8 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-EVENT_TYPES = ("view", "click", "search", "cart", "fav", "purchase")
+from core import tables
+
 
 # bronze.events: one row per behaviour event, partitioned by event_date.
 EVENTS = StructType(
@@ -152,14 +153,18 @@ USER_PROFILES = StructType(
     ]
 )
 
+SCHEMAS: dict[str, StructType] = {
+    "bronze.events": EVENTS,
+    "bronze.events_quarantine": QUARANTINE,
+    "silver.user_behaviour": USER_BEHAVIOUR,
+    "silver.user_sequences": USER_SEQUENCES,
+    "silver.user_daily": USER_DAILY,
+    "gold.user_embeddings": USER_EMBEDDINGS,
+    "gold.user_profiles": USER_PROFILES,
+}
+# Every table of the registry (core.tables) with its schema and partition columns.
 TABLES: dict[str, tuple[StructType, list[str]]] = {
-    "bronze.events": (EVENTS, ["event_date"]),
-    "bronze.events_quarantine": (QUARANTINE, ["ingest_date"]),
-    "silver.user_behaviour": (USER_BEHAVIOUR, ["as_of_date"]),
-    "silver.user_sequences": (USER_SEQUENCES, ["as_of_date"]),
-    "silver.user_daily": (USER_DAILY, ["event_date"]),
-    "gold.user_embeddings": (USER_EMBEDDINGS, ["as_of_date"]),
-    "gold.user_profiles": (USER_PROFILES, ["as_of_date"]),
+    name: (SCHEMAS[name], [table.partition_by]) for name, table in tables.TABLES.items()
 }
 
 

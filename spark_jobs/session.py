@@ -16,7 +16,7 @@ from spark_jobs.jars import cached_jars
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from persona.config import Settings
+    from core.settings import Settings
 
 
 def _is_local(master: str) -> bool:
@@ -72,7 +72,7 @@ def get_spark(settings: "Settings | None" = None) -> "SparkSession":
     if active is not None:
         return active
     if settings is None:
-        from persona.config import load_settings
+        from core.settings import load_settings
 
         settings = load_settings()
     conf = spark_conf(settings)
@@ -120,7 +120,7 @@ def _quiet_task_failures(spark: "SparkSession", log_level: str) -> None:
 
 
 # The packages executors import (UDFs, mapInPandas/mapInArrow functions, Feast encoders).
-SHIPPED_PACKAGES = ("persona", "spark_jobs", "encoders")
+SHIPPED_PACKAGES = ("core", "encoders", "spark_jobs", "persona")
 
 
 def code_archive(directory: str | None = None) -> str:

@@ -30,7 +30,7 @@ def spark_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def spark(spark_home):
     """The one SparkSession of the run (Delta-enabled, UTC, Arrow, local[2])."""
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import get_spark
 
     settings = load_settings(home=spark_home, environ={
@@ -46,7 +46,7 @@ def spark(spark_home):
 @pytest.fixture
 def settings(tmp_path):
     """Settings with a fresh home for one test (embedded defaults otherwise)."""
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     return load_settings(home=tmp_path / "home", environ={
         "PERSONA__SPARK__MASTER": "local[2]",
@@ -57,7 +57,7 @@ def settings(tmp_path):
 @pytest.fixture(scope="module")
 def module_settings(tmp_path_factory):
     """Settings with a home shared by the tests of one module (build once, assert many)."""
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     return load_settings(home=tmp_path_factory.mktemp("home"), environ={
         "PERSONA__SPARK__MASTER": "local[2]",

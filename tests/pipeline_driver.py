@@ -138,7 +138,7 @@ SERVICE = "ranking_light_v1"
 
 def make_settings(home, **overrides):
     """Settings for a test home: TEST_ENV plus ``section__key=value`` overrides."""
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     env = dict(TEST_ENV)
     env.update({"PERSONA__" + k.upper(): str(v) for k, v in overrides.items()})
@@ -147,7 +147,7 @@ def make_settings(home, **overrides):
 
 def make_log(out_dir, users: int = USERS, days: int = DAYS, seed: int = SEED) -> Path:
     """The generated log as generic parquet; returns its events directory."""
-    from persona.generate import generate
+    from persona.demo.generator import generate
 
     out = Path(out_dir)
     events = out / "events"
@@ -186,7 +186,7 @@ def baseline(spark, base_dir) -> dict:
     marker = base / "baseline.json"
     if marker.is_file():
         return json.loads(marker.read_text())
-    from persona import serving
+    from persona.serving import store as serving
 
     home = base / "home"
     events = make_log(base / "log")
@@ -213,8 +213,10 @@ def data_days(input_dir: str | Path) -> tuple[dt.date, dt.date]:
 def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str | Path | None = None,
                log=print, force: bool = False) -> dict:
     """Run the named stages in pipeline order; returns ``{stage: summary}``."""
-    from spark_jobs import behaviour, embed, fuse
-    from spark_jobs.ingest import run_ingest
+    from spark_jobs.silver import behaviour
+    from spark_jobs.gold import embed
+    from spark_jobs.gold import fuse
+    from spark_jobs.bronze.ingest import run_ingest
 
     input_dir = Path(input_dir)
     first, last = data_days(input_dir)
@@ -247,11 +249,11 @@ def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str 
     if "fuse" in stages:
         timed("fuse", lambda: fuse.run_fuse(spark, settings, as_of=last))
     if "apply" in stages:
-        from persona import serving
+        from persona.serving import store as serving
 
         timed("apply", lambda: serving.apply(settings, spark=spark))
     if "materialize" in stages:
-        from persona import serving
+        from persona.serving import store as serving
 
         timed("materialize", lambda: serving.materialize(settings, spark=spark, show_progress=False))
     return out
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-write", type=float, default=0.0, help="hold each Delta write open this long (s)")
     args = p.parse_args(argv)
 
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import get_spark
 
     settings = load_settings(home=args.home)
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         result["executor_imports"] = probe_executors(spark)
     if args.get:
-        from persona import serving
+        from persona.serving import store as serving
 
         result["online"] = canon_rows(serving.get_online(settings, args.get.split(","), service=SERVICE))
     result["hashes"] = warehouse_hashes(args.home)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spark_jobs import behaviour
+from spark_jobs.silver import behaviour
 from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def write_bronze(spark, settings, events: pd.DataFrame, ingested_at=None, mode="
 
 
 def make_log(users: int = 200, days: int = DAYS, seed: int = 11) -> pd.DataFrame:
-    from persona.generate import generate
+    from persona.demo.generator import generate
 
     ev = generate(users=users, days=days, seed=seed, start=START).events.copy()
     rng = np.random.default_rng(seed)

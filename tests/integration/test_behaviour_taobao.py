@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from pyspark.sql import functions as F
 
-from spark_jobs import behaviour
+from spark_jobs.silver import behaviour
 from spark_jobs.schemas import EVENTS, conform
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ A master and two single-core workers start from the pyspark installation on 127.
 (tests/pipeline_driver.py) with ``spark.master=spark://...``, Redis as the online store,
 and executors that can NOT import the project from the source tree: the code reaches
 them only as the archive the session ships (``spark_jobs.session.ship_code``), the
-encoder through ``SparkContext.addFile`` (``spark_jobs.embed.ship_model``).
+encoder through ``SparkContext.addFile`` (``spark_jobs.gold.embed.ship_model``).
 
 Compared with the local run (tests/pipeline_driver.py ``baseline``: local[2], SQLite):
 a content hash per table (sorted rows, compute-time columns dropped, floats to 1e-5),

@@ -40,7 +40,7 @@ def home(first, tmp_path_factory) -> Path:
 
 
 def _race(spark, settings, first, force: bool) -> dict:
-    from spark_jobs import behaviour
+    from spark_jobs.silver import behaviour
 
     start, end = dt.date.fromisoformat(first["first_day"]), dt.date.fromisoformat(first["last_day"])
     results: dict = {}

@@ -1,7 +1,7 @@
 """Encoder end to end on Spark: generated log -> sequences job -> train -> embed job.
 
-Built once per module: a planted-preference log (persona.generate), turned into
-silver.user_sequences by spark_jobs.sequences for two as-of days, an encoder trained by
+Built once per module: a planted-preference log (persona.demo.generator), turned into
+silver.user_sequences by spark_jobs.silver.sequences for two as-of days, an encoder trained by
 the train job, and gold.user_embeddings written by the embed job.
 """
 
@@ -25,11 +25,11 @@ LAST = START + dt.timedelta(days=DAYS - 1)
 
 @pytest.fixture(scope="module")
 def built(spark, module_settings):
-    from persona.generate import generate
+    from persona.demo.generator import generate
     from spark_jobs import delta_io
-    from spark_jobs import embed as job
+    from spark_jobs.gold import embed as job
     from spark_jobs.schemas import USER_SEQUENCES
-    from spark_jobs.sequences import user_sequences
+    from spark_jobs.silver.sequences import user_sequences
 
     s = module_settings
     # Small but enough users to learn the planted structure in a few epochs; 20-event
@@ -107,7 +107,7 @@ def test_embeddings_table(spark, built):
 
 def test_spark_path_equals_numpy_path(spark, built):
     from encoders import data, predict
-    from spark_jobs.embed import resolve_model
+    from spark_jobs.gold.embed import resolve_model
 
     s = built["settings"]
     seqs = _sequences(spark, s)
@@ -117,7 +117,7 @@ def test_spark_path_equals_numpy_path(spark, built):
 
 
 def test_rerun_replaces_the_day_and_other_udf_agrees(spark, built):
-    from spark_jobs import embed as job
+    from spark_jobs.gold import embed as job
 
     s = built["settings"]
     before = _gold(spark, s).set_index("user_id").sort_index()
@@ -139,7 +139,7 @@ def test_session_conf_left_as_found(built):
 
 
 def test_training_reads_latest_row_per_user_up_to_as_of(spark, built):
-    from spark_jobs.embed import training_sequences
+    from spark_jobs.gold.embed import training_sequences
 
     s = built["settings"]
     pdf, rng = training_sequences(spark, s, as_of=LAST - dt.timedelta(days=1))
@@ -149,13 +149,13 @@ def test_training_reads_latest_row_per_user_up_to_as_of(spark, built):
 
 
 def test_clear_errors(spark, built):
-    from persona.errors import InputError, NotBuiltError
-    from spark_jobs import embed as job
+    from core.errors import InputError, NotBuiltError
+    from spark_jobs.gold import embed as job
 
     s = built["settings"]
     with pytest.raises(NotBuiltError, match="no encoder version 'nope'"):
         job.run(spark, s, version="nope")
-    with pytest.raises(InputError, match="not a date"):
+    with pytest.raises(InputError, match="must be a date"):
         job.run(spark, s, as_of="yesterday")
     with pytest.raises(NotBuiltError, match="no sequences"):
         job.run(spark, s, as_of="2020-01-01")

@@ -92,7 +92,7 @@ def _data_files(*dirs: Path) -> set[Path]:
 
 
 def test_kill_9_mid_write_leaves_the_previous_version(spark, first, tmp_path):
-    from spark_jobs import behaviour
+    from spark_jobs.silver import behaviour
 
     home = _copy(first, tmp_path / "home")
     tables = [_path(home, t) for t in SILVER]
@@ -188,7 +188,7 @@ def redis_proc(tmp_path):
 
 
 def test_redis_down_during_materialize_and_get(spark, first, tmp_path, redis_proc):
-    from persona import serving
+    from persona.serving import store as serving
 
     home = _copy(first, tmp_path / "home", ("warehouse", "models"))
     feast = {"feast__online_store": "redis", "feast__redis_connection": f"127.0.0.1:{redis_proc.port}",

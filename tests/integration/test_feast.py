@@ -68,7 +68,7 @@ def tables(spark, module_settings):
 
 @pytest.fixture(scope="module")
 def sqlite_store(spark, tables):
-    from persona import serving
+    from persona.serving import store as serving
 
     applied = serving.apply(tables, spark)
     first = serving.materialize(tables, spark=spark, show_progress=False)
@@ -96,7 +96,7 @@ def latest_rows(spark, settings) -> dict:
 
 
 def assert_online_equals_offline(settings, spark, expired=("u5",)):
-    from persona import serving
+    from persona.serving import store as serving
 
     latest = latest_rows(spark, settings)
     users = sorted(latest) + ["nobody"]
@@ -137,7 +137,7 @@ def test_point_in_time_training_set(spark, sqlite_store, tmp_path):
     """Each entity row gets the latest snapshot at or before its stamp, within ttl."""
     import pandas as pd
 
-    from persona import serving
+    from persona.serving import store as serving
 
     settings, _, _ = sqlite_store
     second = dt.timedelta(seconds=1)
@@ -184,7 +184,7 @@ def test_feast_session_setting_is_restored(spark, sqlite_store):
 
 def test_incremental_picks_up_a_new_day(spark, sqlite_store):
     """A snapshot stamped after the last run (today, end of day) arrives incrementally."""
-    from persona import serving
+    from persona.serving import store as serving
 
     settings, _, _ = sqlite_store
     DAYS[4] = TODAY
@@ -202,8 +202,8 @@ def test_incremental_picks_up_a_new_day(spark, sqlite_store):
 def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
     """The production shape: another home over the same warehouse, online store = a real
     Redis, registry = a SQL registry (SQLAlchemy URL; SQLite here, PostgreSQL in prod)."""
-    from persona import serving
-    from persona.config import load_settings
+    from persona.serving import store as serving
+    from core.settings import load_settings
 
     home = tmp_path_factory.mktemp("redis-home")
     s = load_settings(home=home, environ={
@@ -234,7 +234,7 @@ def test_driver_write_path_equals_offline_too(spark, redis_settings, redis_serve
     emptied Redis: the same online rows."""
     import redis
 
-    from persona import serving
+    from persona.serving import store as serving
 
     settings, _ = redis_settings
     driver = settings.model_copy(update={"feast": settings.feast.model_copy(update={"write_from": "driver"})})
@@ -246,7 +246,7 @@ def test_driver_write_path_equals_offline_too(spark, redis_settings, redis_serve
 
 
 def serving_store(settings):
-    from persona import serving
+    from persona.serving import store as serving
 
     return serving.get_store(settings)
 
@@ -256,7 +256,7 @@ def test_stock_feast_reads_what_persona_wrote(redis_settings):
     returns, for every user, both services, short and full feature names."""
     from feast import FeatureStore, RepoConfig
 
-    from persona import serving
+    from persona.serving import store as serving
 
     settings, _ = redis_settings
     ours = serving.get_store(settings)
@@ -278,9 +278,9 @@ def test_stock_feast_reads_what_persona_wrote(redis_settings):
 
 
 def test_redis_down_is_one_clear_error(tables, spark):
-    from persona import serving
-    from persona.config import load_settings
-    from persona.errors import ServiceError
+    from persona.serving import store as serving
+    from core.settings import load_settings
+    from core.errors import ServiceError
 
     s = load_settings(home=tables.home, environ={
         "PERSONA__FEAST__ONLINE_STORE": "redis", "PERSONA__FEAST__REDIS_CONNECTION": "127.0.0.1:1"})
@@ -295,7 +295,7 @@ def test_delta_reader_selects_what_feasts_spark_query_selects(spark, redis_setti
     pull_latest query, per view, for a window that holds several snapshots per user."""
     from feast.infra.common.materialization_job import MaterializationTask
 
-    from persona import serving
+    from persona.serving import store as serving
 
     settings, _ = redis_settings
     store = serving.get_store(settings)
@@ -322,8 +322,8 @@ def test_lean_http_server_answers_in_feasts_json(redis_settings):
 
     from feast.feature_server_utils import convert_response_to_dict
 
-    from persona import serving
-    from persona.feast_server import serve_in_thread
+    from persona.serving import store as serving
+    from persona.serving.http import serve_in_thread
 
     settings, _ = redis_settings
     store = serving.get_store(settings)

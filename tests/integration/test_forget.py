@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from persona.config import load_settings
+from core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def build_tables(spark, settings):
 def fill_online(spark, settings):
     """The newest snapshot of each feature view's table, pushed into the online store
     with Feast's public write API (what materialize would write)."""
-    from persona import serving
+    from persona.serving import store as serving
 
     store = serving.get_store(settings)
     for view, table in serving.VIEW_TABLES.items():
@@ -237,8 +237,9 @@ def redis_settings(request, tmp_path_factory, fsettings):
 
 @pytest.fixture(scope="module")
 def forgotten(spark, fsettings, redis_settings, home):
-    from persona import serving
-    from spark_jobs.maintenance import forget_online, run_forget, target_ids
+    from persona.serving import store as serving
+    from persona.serving.forget import forget_online, forget_users
+    from spark_jobs.ops.forget import target_ids
 
     build_tables(spark, fsettings)
     stores = [fsettings] + ([redis_settings] if redis_settings else [])
@@ -248,7 +249,7 @@ def forgotten(spark, fsettings, redis_settings, home):
     online_before = {id(s): serving.get_online(s, [HA, B, "u01"]) for s in stores}
     before_scan = scan(home)
     before_others = others_snapshot(spark, fsettings)
-    summary = run_forget(spark, fsettings, [A, B])
+    summary = forget_users(spark, fsettings, [A, B])
     redis_summary = forget_online(redis_settings, target_ids(redis_settings, [A, B])) if redis_settings else None
     return dict(summary=summary, redis=redis_summary, before_scan=before_scan, before_others=before_others,
                 online_before=online_before, stores=stores)
@@ -261,7 +262,7 @@ def test_ids_were_everywhere_before(forgotten):
     assert {"bytes", "data", "checkpoint", "log"} <= found.keys(), found.keys()
     assert any("online_store.db" in f for f in found["bytes"])
     for s, rows in forgotten["online_before"].items():
-        from persona import serving
+        from persona.serving import store as serving
 
         assert not any(serving.missing(r) for r in rows), rows
 
@@ -306,7 +307,7 @@ def test_tables_still_work(forgotten, spark, fsettings):
 
 
 def test_online_store_returns_nothing_for_the_users(forgotten):
-    from persona import serving
+    from persona.serving import store as serving
 
     for s in forgotten["stores"]:
         rows = {r["user_id"]: r for r in serving.get_online(s, [HA, B, A, "u01"])}
@@ -325,7 +326,7 @@ def test_redis_entries_deleted(forgotten):
 def test_token_pattern_matches_whole_tokens_only(spark):
     from pyspark.sql import functions as F
 
-    from spark_jobs.maintenance import token_pattern
+    from spark_jobs.ops.forget import token_pattern
 
     lines = ["u12,1,pv", '{"user_id":"u12"}', "x u12", "u123,1", "au12", "u12_x", "u1.2"]
     df = spark.createDataFrame([(x,) for x in lines], "r string")
@@ -336,8 +337,8 @@ def test_token_pattern_matches_whole_tokens_only(spark):
 
 
 def test_forget_without_a_key_is_one_clear_error(fsettings, monkeypatch):
-    from persona.errors import InputError
-    from spark_jobs.maintenance import target_ids
+    from core.errors import InputError
+    from spark_jobs.ops.forget import target_ids
 
     monkeypatch.delenv("PERSONA_HMAC_KEY", raising=False)
     with pytest.raises(InputError, match="no key"):
@@ -350,7 +351,7 @@ def test_cli_asks_first_and_states_the_overridden_retention(tmp_path):
     """Without --yes nothing happens until the user agrees (no Spark started either)."""
     from typer.testing import CliRunner
 
-    from persona.cli import app
+    from persona.cli.app import app
 
     result = CliRunner().invoke(app, ["--home", str(tmp_path / "h"), "forget", "u1"], input="n\n")
     assert result.exit_code != 0
@@ -363,8 +364,8 @@ def test_cli_asks_first_and_states_the_overridden_retention(tmp_path):
 def test_redis_down_fails_before_anything_is_deleted(spark, tmp_path):
     import socket
 
-    from persona.errors import ServiceError
-    from spark_jobs.maintenance import run_forget
+    from core.errors import ServiceError
+    from persona.serving.forget import forget_users
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -373,5 +374,5 @@ def test_redis_down_fails_before_anything_is_deleted(spark, tmp_path):
         "PERSONA__FEAST__ONLINE_STORE": "redis", "PERSONA__FEAST__REDIS_CONNECTION": f"127.0.0.1:{port}"})
     called = []
     with pytest.raises(ServiceError, match="unreachable.*nothing was deleted"):
-        run_forget(spark, settings, ["u1"], progress=called.append)
+        forget_users(spark, settings, ["u1"], progress=called.append)
     assert called == []  # no table was touched

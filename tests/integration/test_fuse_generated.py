@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 USERS, DAYS, SEED = 240, 30, 11
 EMB_DIM = 8
 GROUPS = 4
-NIGHT_OWLS = 2  # persona.generate.GROUP_NAMES index
+NIGHT_OWLS = 2  # persona.demo.generator.GROUP_NAMES index
 ENV = {
     "PERSONA__SPARK__MASTER": "local[2]",
     "PERSONA__SPARK__SHUFFLE_PARTITIONS": "4",
@@ -69,9 +69,11 @@ def _write_embeddings(spark, settings, day: dt.date, users: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def fused(spark, tmp_path_factory):
-    from persona.config import load_settings
-    from persona.generate import generate
-    from spark_jobs import behaviour, delta_io, fuse
+    from core.settings import load_settings
+    from persona.demo.generator import generate
+    from spark_jobs import delta_io
+    from spark_jobs.silver import behaviour
+    from spark_jobs.gold import fuse
 
     settings = load_settings(home=tmp_path_factory.mktemp("fuse-generated"), environ=ENV)
     log = generate(users=USERS, days=DAYS, seed=SEED)
@@ -127,7 +129,7 @@ def test_segments_recover_the_planted_groups(fused):
 def test_volume_alone_does_not_decide_the_segment(fused, spark):
     """The activity volume (views_30d) explains little of the segmentation: the share of
     its variance between segments stays small (it was the splitting axis before)."""
-    from spark_jobs import fuse
+    from spark_jobs.gold import fuse
 
     s, day = fused["settings"], fused["day"]
     b = (fuse.read_inputs(spark, s)[0].where(F.col("as_of_date") == F.lit(day))
@@ -143,8 +145,8 @@ def test_explain_names_the_planted_driver_of_a_night_owl(fused, spark):
     """Night owls are planted by one feature, the night share of their sessions: it is the
     top driver of the night owl with the most typical activity (median views_30d among
     them), and among the top three drivers of at least 2 of 3 other night owls."""
-    from persona.explain import explain_user, render_explanation
-    from spark_jobs import fuse
+    from persona.profiles.explain import explain_user, render_explanation
+    from spark_jobs.gold import fuse
 
     s, day, f = fused["settings"], fused["day"], fused["frame"]
     owls = sorted(f.index[f["group"] == NIGHT_OWLS])

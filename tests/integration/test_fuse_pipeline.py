@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from persona.errors import InputError, NotBuiltError
-from spark_jobs import fuse
+from core.errors import InputError, NotBuiltError
+from spark_jobs.gold import fuse
 from spark_jobs.schemas import USER_PROFILES
 from test_fuse_synth import (
     DAY1,
@@ -176,7 +176,7 @@ def test_refit_writes_a_new_version_with_the_same_segments_for_the_seed(spark, b
 
 
 def test_explain_names_the_planted_driver(spark, built):
-    from persona.explain import explain_user, render_explanation
+    from persona.profiles.explain import explain_user, render_explanation
 
     e = explain_user(spark, built["settings"], PLANTED_USER, DAY1)
     print(render_explanation(e))
@@ -206,7 +206,7 @@ def test_explain_names_the_planted_driver(spark, built):
 
 
 def test_segments_are_described_by_their_planted_drivers(spark, built):
-    from persona.explain import render_segments, segment_stats
+    from persona.profiles.explain import render_segments, segment_stats
 
     stats = segment_stats(spark, built["settings"], DAY1)
     print(render_segments(stats))
@@ -256,7 +256,7 @@ def test_cli_in_process(spark, built, tmp_path):
     a day through `persona fuse` changes nothing but created_timestamp."""
     from typer.testing import CliRunner
 
-    from persona.cli import app
+    from persona.cli.app import app
 
     s = built["settings"]
     home = ["--home", str(s.home)]

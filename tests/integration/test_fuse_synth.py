@@ -153,7 +153,7 @@ TEST_ENV = {
 
 
 def make_settings(home):
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     return load_settings(home=home, environ=TEST_ENV)
 
@@ -161,7 +161,7 @@ def make_settings(home):
 def fused_home(spark, tmp_path_factory) -> dict:
     """Inputs for DAY1 and DAY2, fused with one fitted version (v1): built once per run."""
     if not _BUILT:
-        from spark_jobs.fuse import run_fuse
+        from spark_jobs.gold.fuse import run_fuse
 
         settings = make_settings(tmp_path_factory.mktemp("fuse-home"))
         users = write_inputs(spark, settings)

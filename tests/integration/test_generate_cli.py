@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# The console script (not `python -m persona.cli`: there the command modules would register
+# The console script (not `python -m persona.cli.app`: there the command modules would register
 # on a second copy of the app).
 PERSONA = [str(Path(sys.executable).parent / "persona")]
 
@@ -58,7 +58,7 @@ def test_cli_bad_arguments_one_line(tmp_path, args, message):
 def test_spark_reads_generated_files(spark, tmp_path, fmt):
     from pyspark.sql import types as T
 
-    from persona.generate import generate
+    from persona.demo.generator import generate
     from spark_jobs.schemas import EVENTS
 
     log = generate(40, 3, seed=2)

@@ -72,7 +72,7 @@ def test_the_copy_starts_equal_to_the_first_run(home, first):
 
 
 def test_ingest_twice_adds_nothing(spark, settings_, home, first, tmp_path):
-    from spark_jobs.ingest import run_ingest
+    from spark_jobs.bronze.ingest import run_ingest
 
     s = _same_after(home, ["bronze.events"], lambda: run_ingest(spark, settings_, first["input"], "generic"),
                     must_rewrite=False)
@@ -97,7 +97,7 @@ def test_ingest_twice_adds_nothing(spark, settings_, home, first, tmp_path):
 
 
 def test_backfill_twice_and_forced(spark, settings_, home, first):
-    from spark_jobs import behaviour
+    from spark_jobs.silver import behaviour
 
     start, end = dt.date.fromisoformat(first["first_day"]), dt.date.fromisoformat(first["last_day"])
     silver = ["silver.user_sequences", "silver.user_behaviour"]
@@ -108,7 +108,7 @@ def test_backfill_twice_and_forced(spark, settings_, home, first):
 
 
 def test_build_today_twice(spark, settings_, home, first):
-    from spark_jobs import behaviour
+    from spark_jobs.silver import behaviour
 
     end = dt.date.fromisoformat(first["last_day"])
     s = _same_after(home, ["silver.user_sequences", "silver.user_behaviour"],
@@ -117,7 +117,7 @@ def test_build_today_twice(spark, settings_, home, first):
 
 
 def test_embed_twice(spark, settings_, home, first):
-    from spark_jobs import embed
+    from spark_jobs.gold import embed
 
     s = _same_after(home, ["gold.user_embeddings"],
                     lambda: embed.run(spark, settings_, start=first["first_day"], end=first["last_day"]))
@@ -125,7 +125,7 @@ def test_embed_twice(spark, settings_, home, first):
 
 
 def test_fuse_twice(spark, settings_, home, first):
-    from spark_jobs import fuse
+    from spark_jobs.gold import fuse
 
     s = _same_after(home, ["gold.user_profiles"],
                     lambda: fuse.run_fuse(spark, settings_, as_of=first["last_day"]))
@@ -133,7 +133,7 @@ def test_fuse_twice(spark, settings_, home, first):
 
 
 def test_feast_apply_and_materialize_twice(spark, settings_, home, first):
-    from persona import serving
+    from persona.serving import store as serving
 
     a1 = serving.apply(settings_, spark=spark)
     a2 = serving.apply(settings_, spark=spark)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from spark_jobs.ingest import run_ingest
+from spark_jobs.bronze.ingest import run_ingest
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_every_quarantine_reason_lands_with_raw_record_and_source(spark, setting
 
 
 def test_generated_log_ingests_completely_in_every_format(spark, settings, tmp_path):
-    from persona.generate import generate
+    from persona.demo.generator import generate
 
     log = generate(users=40, days=4, seed=3)
     n = len(log.events)

@@ -15,8 +15,8 @@ import datetime as dt
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from persona.config import load_settings
-from spark_jobs import ingest
+from core.settings import load_settings
+from spark_jobs.bronze import ingest
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import hashlib
 
 import pytest
 
-from persona.config import load_settings
+from core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def build(spark, settings):
 
 @pytest.fixture(scope="module")
 def maintained(spark, tmp_path_factory):
-    from spark_jobs.maintenance import run_maintain
+    from spark_jobs.ops.maintain import run_maintain
 
     home = tmp_path_factory.mktemp("maintain-home")
     first = _settings(home, snapshot_retention_days=KEEP_DAYS)
@@ -143,8 +143,8 @@ def test_vacuum_follows_the_retention_policy(maintained, spark):
 
 
 def test_absent_tables_are_reported_and_unknown_names_refused(maintained, spark):
-    from persona.errors import InputError
-    from spark_jobs.maintenance import run_maintain
+    from core.errors import InputError
+    from spark_jobs.ops.maintain import run_maintain
 
     assert _row(maintained["run1"], "gold.user_profiles")["status"] == "absent"
     with pytest.raises(InputError, match="unknown table"):

@@ -7,9 +7,9 @@ import hmac
 
 import pytest
 
-from persona.config import load_settings
-from persona.errors import InputError
-from spark_jobs.ingest import run_ingest
+from core.settings import load_settings
+from core.errors import InputError
+from spark_jobs.bronze.ingest import run_ingest
 
 pytestmark = pytest.mark.integration
 

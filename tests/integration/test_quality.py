@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from persona.config import load_settings
+from core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def home(spark, tmp_path_factory):
 
 
 def test_counts_per_day_match_the_rows(spark, home):
-    from spark_jobs.quality import check
+    from spark_jobs.silver.quality import check
 
     settings, rows = home
     report = check(spark, settings, [BAD_NULLS])
@@ -64,7 +64,7 @@ def test_counts_per_day_match_the_rows(spark, home):
 
 
 def test_flags_exactly_the_bad_days(spark, home):
-    from spark_jobs.quality import check
+    from spark_jobs.silver.quality import check
 
     settings, _ = home
     report = check(spark, settings, [START + dt.timedelta(days=i) for i in range(11)])
@@ -76,7 +76,7 @@ def test_flags_exactly_the_bad_days(spark, home):
 
 
 def test_gate_reports_or_stops(spark, home, tmp_path):
-    from spark_jobs.quality import DataQualityError, gate
+    from spark_jobs.silver.quality import DataQualityError, gate
 
     settings, _ = home
     summary = gate(spark, settings, [BAD_VOLUME, LAST])
@@ -89,8 +89,8 @@ def test_gate_reports_or_stops(spark, home, tmp_path):
 
 def test_a_failing_gate_stops_build_and_backfill_before_any_write(spark, home):
     from spark_jobs import delta_io
-    from spark_jobs.behaviour import run_backfill, run_build
-    from spark_jobs.quality import DataQualityError
+    from spark_jobs.silver.behaviour import run_backfill, run_build
+    from spark_jobs.silver.quality import DataQualityError
 
     settings, _ = home
     strict = settings.model_copy(update={"behaviour": settings.behaviour.model_copy(update={"fail_on_quality": True})})

@@ -25,7 +25,7 @@ CHART_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44,
 
 @pytest.fixture(scope="module")
 def report(spark, tmp_path_factory):
-    from persona.report import write_report
+    from persona.profiles.report import write_report
 
     built = fused_home(spark, tmp_path_factory)
     out = tmp_path_factory.mktemp("report") / "report.html"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from persona.config import load_settings
+from core.settings import load_settings
 from spark_jobs.jars import JarsMissing, cached_jars
 from spark_jobs.session import get_spark, spark_conf
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 from test_sql_support import assert_same_rows, sql_home
 
-from persona import analytics
-from persona.config import load_settings
-from persona.errors import InputError, NotBuiltError
+from persona.sql import engines as analytics
+from core.settings import load_settings
+from core.errors import InputError, NotBuiltError
 
 pytestmark = pytest.mark.integration
 VIEWS = sorted(analytics.catalogue())

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from test_sql_support import assert_same_rows, sql_home
 
-from persona import analytics
-from persona.config import load_settings
-from persona.errors import InputError, ServiceError
+from persona.sql import engines as analytics
+from core.settings import load_settings
+from core.errors import InputError, ServiceError
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ def sql_home(spark, tmp_path_factory) -> Path:
     """A persona home holding synthetic bronze/silver/gold tables, written once per run
     (both SQL test modules reuse it)."""
     from bench.sql import write_synthetic_tables
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     home = tmp_path_factory.getbasetemp() / "persona-sql-home"
     marker = home / ".tables-written"

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from persona.config import load_settings
-from persona.errors import InputError
-from spark_jobs import ingest
+from core.settings import load_settings
+from core.errors import InputError
+from spark_jobs.bronze import ingest
 
 # Pure transforms on tiny inline files, through the shared Spark session.
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import behaviour
-from spark_jobs.behaviour import BehaviourParams
+from spark_jobs.silver import behaviour
+from spark_jobs.silver.behaviour import BehaviourParams
 from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR, USER_SEQUENCES
-from spark_jobs.sequences import user_sequences
+from spark_jobs.silver.sequences import user_sequences
 
 D = dt.date(2024, 3, 31)  # the as-of day most checks use
 ING = dt.datetime(2024, 4, 2)
@@ -187,7 +187,7 @@ def test_passes_split_contiguous_runs():
 
 
 def test_feature_dictionary_matches_the_schemas_and_the_docs():
-    from spark_jobs import feature_dictionary as fd
+    from spark_jobs.silver import feature_dictionary as fd
 
     assert fd.check() == []
     md = fd.markdown()
@@ -195,4 +195,4 @@ def test_feature_dictionary_matches_the_schemas_and_the_docs():
         assert f"| `{name}` |" in md
     assert "23:59:59.999999" in md
     docs = Path(__file__).resolve().parents[2] / "docs" / "features.md"
-    assert docs.read_text() == md, "docs/features.md is stale: run python -m spark_jobs.feature_dictionary"
+    assert docs.read_text() == md, "docs/features.md is stale: run python -m spark_jobs.silver.feature_dictionary"

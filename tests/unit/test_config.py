@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona.config import ConfigError, Settings, load_settings
+from core.settings import ConfigError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from encoders import data, evaluate, predict, registry  # noqa: E402
+from encoders import data, evaluate, predict
 from encoders.model import EncoderParams, build  # noqa: E402
 from encoders.train import fit_vocab, next_targets, split_users, to_indices, train  # noqa: E402
 
@@ -28,7 +28,7 @@ L = 12
 
 @pytest.fixture(scope="module")
 def events() -> pd.DataFrame:
-    from persona.generate import generate
+    from persona.demo.generator import generate
 
     return generate(80, 3, seed=5).events
 
@@ -203,7 +203,7 @@ def test_version_dir_contents(trained):
     root, first, second = trained
     assert (first.path / predict.MODEL_FILE).is_file()
     assert any((first.path / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs missing"
-    m = json.loads((first.path / predict.METRICS_FILE).read_text())
+    m = json.loads((first.path / "metrics.json").read_text())
     for key in ("hr@10", "ndcg@10", "hr@10_popularity", "ndcg@10_popularity", "hr@10_user_top",
                 "ndcg@10_user_top"):
         assert 0.0 <= m["evaluation"][key] <= 1.0, key
@@ -214,16 +214,16 @@ def test_version_dir_contents(trained):
 
 def test_latest_resolution(trained, tmp_path):
     root, first, second = trained
-    assert registry.versions(root) == sorted([first.version, second.version])
-    assert registry.resolve(root) == second.path  # trained later, sorts later
-    assert registry.resolve(root, first.version) == first.path
+    assert predict.encoder_registry(root).versions() == sorted([first.version, second.version])
+    assert predict.encoder_registry(root).resolve() == second.path  # trained later, sorts later
+    assert predict.encoder_registry(root).resolve(first.version) == first.path
     # A half-written version (no metrics) is never "latest".
     (root / "99991231T000000000Z-0000000").mkdir()
-    assert registry.resolve(root, "latest") == second.path
+    assert predict.encoder_registry(root).resolve("latest") == second.path
     with pytest.raises(FileNotFoundError):
-        registry.resolve(tmp_path / "nothing")
+        predict.encoder_registry(tmp_path / "nothing").resolve()
     with pytest.raises(FileNotFoundError):
-        registry.resolve(root, "no-such-version")
+        predict.encoder_registry(root).resolve("no-such-version")
 
 
 def test_training_needs_events(seqs, tmp_path):

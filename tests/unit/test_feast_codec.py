@@ -1,4 +1,4 @@
-"""persona.feast_codec writes exactly the bytes Feast's Redis store writes.
+"""persona.serving.redis_codec writes exactly the bytes Feast's Redis store writes.
 
 Reference: Feast's own ``_convert_arrow_to_proto`` + ``ValueProto.SerializeToString`` and
 ``_redis_key`` / ``_mmh3`` (what ``RedisOnlineStore.online_write_batch`` stores), on a
@@ -24,7 +24,7 @@ from feast.utils import _convert_arrow_to_proto, make_tzaware  # noqa: E402
 from feast.value_type import ValueType  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
-from persona import feast_codec as fc  # noqa: E402
+from persona.serving import redis_codec as fc  # noqa: E402
 
 UTC = dt.timezone.utc
 FEATURES = [("i64", Int64), ("i32", Int32), ("f64", Float64), ("f32", Float32), ("b", Bool), ("s", String),

@@ -1,4 +1,4 @@
-"""persona.feast_online's column decoding: serialized ValueProtos (what Redis holds) ->
+"""persona.serving.redis_store's column decoding: serialized ValueProtos (what Redis holds) ->
 the Python values Feast's OnlineResponse.to_dict returns, for every type the feature
 views use, with nulls, missing users (None) and values of an unexpected kind."""
 
@@ -11,7 +11,7 @@ import pytest
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 
-from persona.feast_online import _decode_column, _decode_columns, _repeated
+from persona.serving.redis_store import _decode_column, _decode_columns, _repeated
 
 CASES = {
     ValueType.INT64: [0, 1, -1, 2**62, 127, 128, None, 300],

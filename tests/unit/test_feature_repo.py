@@ -100,7 +100,7 @@ def test_yaml_spark_conf_matches_the_jobs():
     """The embedded feature_store.yaml carries the jobs' Spark settings (paths aside)."""
     import yaml
 
-    from persona.config import load_settings
+    from core.settings import load_settings
     from spark_jobs.session import spark_conf
 
     conf = yaml.safe_load((REPO / "feature_store.yaml").read_text())["offline_store"]["spark_conf"]

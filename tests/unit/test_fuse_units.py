@@ -8,10 +8,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from persona.errors import InputError, NotBuiltError
-from persona.explain import decompose
-from persona.report import key_features, previous_date, psi
-from spark_jobs import fuse
+from core.errors import InputError, NotBuiltError
+from persona.profiles.explain import decompose
+from persona.profiles.report import key_features, previous_date, psi
+from spark_jobs.gold import fuse
 from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS
 
 
@@ -127,7 +127,7 @@ def test_resolve_as_of():
     assert fuse.resolve_as_of("2024-01-01", days, "x") == dt.date(2024, 1, 1)
     with pytest.raises(InputError, match="available: 2024-01-01 .. 2024-01-02"):
         fuse.resolve_as_of("2024-02-01", days, "x")
-    with pytest.raises(InputError, match="not a date"):
+    with pytest.raises(InputError, match="must be a date"):
         fuse.resolve_as_of("yesterday", days, "x")
     with pytest.raises(NotBuiltError):
         fuse.resolve_as_of(None, [], "x")
@@ -199,7 +199,7 @@ def test_embedding_schema_is_what_fuse_reads():
 def test_latest_version_per_encoder(tmp_path):
     import json
 
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     settings = load_settings(home=tmp_path, environ={})
     assert fuse.latest_version(settings) is None

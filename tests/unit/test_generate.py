@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from persona.errors import InputError
-from persona.generate import EVENT_COLUMNS, EVENT_TYPES, GROUP_NAMES, TARGET_MIX, generate
+from core.errors import InputError
+from persona.demo.generator import EVENT_COLUMNS, EVENT_TYPES, GROUP_NAMES, TARGET_MIX, generate
 
 START = date(2024, 3, 1)
 

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from persona.config import load_settings
-from spark_jobs.quality import assess
+from core.settings import load_settings
+from spark_jobs.silver.quality import assess
 
 D = dt.date(2024, 3, 10)
 

@@ -10,8 +10,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from persona import analytics
-from persona.errors import InputError
+from persona.sql import engines as analytics
+from core.errors import InputError
 
 REQUIRED = {
     "user_profile_latest",
@@ -165,7 +165,7 @@ def test_spark_sql_over_paths_rewrites_only_base_tables(views):
 
 
 def test_server_setup_registers_present_tables_and_skips_views_needing_missing_ones(tmp_path):
-    from persona.config import load_settings
+    from core.settings import load_settings
 
     s = load_settings(home=tmp_path, environ={})
     for t in ("bronze.events", "silver.user_behaviour"):
