@@ -79,7 +79,7 @@ def export_cmd(
     as_of: Optional[str] = _AS_OF,
 ) -> None:
     """Export one day's profiles with their behaviour features, profile_vec and segment_id."""
-    from spark_jobs.gold.fuse import check_export_target, export_profiles
+    from persona.profiles.export import check_export_target, export_profiles
 
     check_export_target(fmt, out_path)  # fail before starting Spark
     day = parse_date(as_of, "--as-of")

@@ -29,7 +29,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import InputError
-from spark_jobs.gold import fuse
+from spark_jobs.gold import fuse, fusion_model
+from spark_jobs.gold.fusion_store import load_fusion
 
 OUTLIER_Z = 3.0
 
@@ -77,7 +78,7 @@ def segment_stats(spark: SparkSession, settings, as_of=None, top: int = 4) -> di
     distinctive: [top features]}]}``.
     """
     day, profiles, version = _day_profiles(spark, settings, as_of)
-    model, metrics = fuse.load_fusion(settings, version)
+    model, metrics = load_fusion(settings, version)
     features = metrics["behaviour_features"]
     # The model's first two stages give the inputs the scaler saw (log1p, fills, imputation).
     from pyspark.ml import PipelineModel
@@ -86,7 +87,7 @@ def segment_stats(spark: SparkSession, settings, as_of=None, top: int = 4) -> di
     inp = prep.transform(fuse.day_input(spark, settings, day))
     seg = profiles.select("user_id", "segment_id")
     joined = inp.join(seg, "user_id", "inner").select(
-        "segment_id", *[F.col(fuse._x(c)).alias(f"x_{i}") for i, c in enumerate(features)],
+        "segment_id", *[F.col(fusion_model._x(c)).alias(f"x_{i}") for i, c in enumerate(features)],
         *[F.col(c).cast("double").alias(f"r_{i}") for i, c in enumerate(features)],
     ).cache()
     try:
@@ -179,17 +180,17 @@ def explain_user(
     row = profiles.where(F.col("user_id") == F.lit(user_id)).select("profile_vec", "segment_id").first()
     if row is None:
         raise InputError(f"user {user_id!r} has no profile on {day}")
-    model, metrics = fuse.load_fusion(settings, version)
+    model, metrics = load_fusion(settings, version)
     names = metrics["feature_names"]
     inp = fuse.day_input(spark, settings, day).where(F.col("user_id") == F.lit(user_id))
-    pre = (fuse.preprocess_model(model).transform(inp)
-           .select(fuse.RAW_VEC, fuse.STD_VEC, fuse.WEIGHTED_VEC, *metrics["behaviour_features"]).first())
+    pre = (fusion_model.preprocess_model(model).transform(inp)
+           .select(fusion_model.RAW_VEC, fusion_model.STD_VEC, fusion_model.WEIGHTED_VEC, *metrics["behaviour_features"]).first())
     if pre is None:
         raise InputError(f"user {user_id!r} has a profile but no behaviour+embedding row on {day}")
-    z = pre[fuse.STD_VEC].toArray()
-    x = pre[fuse.WEIGHTED_VEC].toArray()  # what PCA sees: z with the embedding block weighted
-    raw = pre[fuse.RAW_VEC].toArray()
-    P = fuse.pca_stage(model).pc.toArray()
+    z = pre[fusion_model.STD_VEC].toArray()
+    x = pre[fusion_model.WEIGHTED_VEC].toArray()  # what PCA sees: z with the embedding block weighted
+    raw = pre[fusion_model.RAW_VEC].toArray()
+    P = fusion_model.pca_stage(model).pc.toArray()
     comp_var = np.maximum(np.array(metrics["component_variance"]), 1e-12)
     comp_sd = np.sqrt(comp_var)
     # Drivers: shares of the distance in the space the segments were found in (the

@@ -29,6 +29,7 @@ from core.errors import InputError
 from core.fs import writable_file
 from spark_jobs import delta_io
 from spark_jobs.gold import fuse
+from spark_jobs.gold.fusion_store import load_fusion
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
@@ -92,7 +93,7 @@ def gather(spark, settings, as_of=None) -> dict:
 
     fusion = settings.fusion
     day, profiles, version = explain._day_profiles(spark, settings, as_of)
-    _, metrics = fuse.load_fusion(settings, version)
+    _, metrics = load_fusion(settings, version)
     stats = explain.segment_stats(spark, settings, day)
     features = metrics["behaviour_features"]
     n_users = stats["users"]

@@ -12,7 +12,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from core.errors import InputError, NotBuiltError
-from spark_jobs.gold import fuse
+from persona.profiles.export import export_profiles
+from spark_jobs.gold import fuse, fusion_model, fusion_store
 from spark_jobs.schemas import USER_PROFILES
 from test_fuse_synth import (
     DAY1,
@@ -59,7 +60,7 @@ def test_profiles_table_has_one_row_per_user_per_day(spark, built):
     assert built["day1"]["fitted"] is True and built["day2"]["fitted"] is False  # day 2 applied v1
     assert built["day1"]["fit_reason"] == "no fusion model yet" and built["day2"]["fit_reason"] is None
     assert built["day2"]["as_of"] == DAY2.isoformat()  # default as-of: the latest
-    assert fuse.list_versions(s) == ["v1"]
+    assert fusion_store.list_versions(s) == ["v1"]
 
 
 def test_metrics_json_records_the_fit(built):
@@ -69,8 +70,8 @@ def test_metrics_json_records_the_fit(built):
         assert key in m, key
     assert m["fitted_as_of"] == DAY1.isoformat() and m["encoder_version"] == ENCODER
     assert len(m["explained_variance"]) == m["k"]
-    assert m["input_columns"] == fuse.behaviour_features() + ["user_emb"]
-    assert len(m["feature_names"]) == len(fuse.behaviour_features()) + EMB_DIM
+    assert m["input_columns"] == fusion_model.behaviour_features() + ["user_emb"]
+    assert len(m["feature_names"]) == len(fusion_model.behaviour_features()) + EMB_DIM
     # k: the smallest reaching the threshold (and no more).
     cum = np.cumsum(m["explained_variance_all"])
     assert cum[m["k"] - 1] >= m["variance_threshold"] and (m["k"] == 1 or cum[m["k"] - 2] < m["variance_threshold"])
@@ -86,9 +87,9 @@ def test_metrics_json_records_the_fit(built):
 
 def test_pca_explained_variance_matches_numpy_svd(spark, built):
     s = built["settings"]
-    model, m = fuse.load_fusion(s, "v1")
-    raw = fuse.preprocess_model(model).transform(fuse.day_input(spark, s, DAY1)).orderBy("user_id")
-    rows = raw.select(fuse.RAW_VEC).collect()
+    model, m = fusion_store.load_fusion(s, "v1")
+    raw = fusion_model.preprocess_model(model).transform(fuse.day_input(spark, s, DAY1)).orderBy("user_id")
+    rows = raw.select(fusion_model.RAW_VEC).collect()
     X = np.array([r[0].toArray() for r in rows])
     sd = X.std(axis=0, ddof=1)  # Spark's StandardScaler: unbiased sd, constant columns -> 0
     Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
@@ -99,11 +100,11 @@ def test_pca_explained_variance_matches_numpy_svd(spark, built):
     _, sv, vt = np.linalg.svd(Z, full_matrices=False)
     ratio = sv**2 / np.sum(sv**2)
     np.testing.assert_allclose(m["explained_variance_all"], ratio, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(fuse.pca_stage(model).explainedVariance.toArray(), ratio[: m["k"]], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fusion_model.pca_stage(model).explainedVariance.toArray(), ratio[: m["k"]], atol=1e-6, rtol=0)
     # Component variances (explain's sd units) are the squared singular values / (n - 1).
     np.testing.assert_allclose(m["component_variance"], (sv**2 / (len(X) - 1))[: m["k"]], rtol=1e-6)
     # The stored profile vectors are that standardised matrix on the same axes (up to sign).
-    P = fuse.pca_stage(model).pc.toArray()
+    P = fusion_model.pca_stage(model).pc.toArray()
     assert np.allclose(np.abs(np.sum(P * vt[: m["k"]].T, axis=0)), 1.0, atol=1e-6)
     stored = np.vstack(_profiles(spark, s, DAY1)["profile_vec"].to_numpy())
     np.testing.assert_allclose(stored, Z @ P, atol=1e-4)
@@ -116,7 +117,7 @@ def test_reloaded_pipeline_gives_identical_vectors(spark, built):
     s = built["settings"]
     fresh = PipelineModel.load(str(s.model_dir("fusion", "v1") / "pipeline"))  # not the process cache
     out = (fresh.transform(fuse.day_input(spark, s, DAY2))
-           .select("user_id", vector_to_array(fuse.PCA_VEC, "float32").alias("v"), F.col(fuse.SEGMENT).cast("int").alias("seg"))
+           .select("user_id", vector_to_array(fusion_model.PCA_VEC, "float32").alias("v"), F.col(fusion_model.SEGMENT).cast("int").alias("seg"))
            .orderBy("user_id").toPandas())
     stored = _profiles(spark, s, DAY2)
     assert list(out["user_id"]) == list(stored["user_id"])
@@ -163,7 +164,7 @@ def test_refit_writes_a_new_version_with_the_same_segments_for_the_seed(spark, b
     summary = fuse.run_fuse(spark, s2, as_of=DAY1, refit=True)
     assert summary["fitted"] is True and summary["fusion_version"] == "v2"
     assert summary["fit_reason"] == "refit requested"
-    assert fuse.list_versions(s2) == ["v1", "v2"] and fuse.latest_version(s2) == "v2"
+    assert fusion_store.list_versions(s2) == ["v1", "v2"] and fusion_store.latest_version(s2) == "v2"
     a, b = _profiles(spark, src, DAY1), _profiles(spark, s2, DAY1)
     assert set(b["fusion_version"]) == {"v2"}
     assert list(a["segment_id"]) == list(b["segment_id"])
@@ -230,7 +231,7 @@ def test_export_formats(spark, built, tmp_path):
     s = built["settings"]
     n, k = len(built["users"]["user_id"]), built["day1"]["k"]
     for fmt, name in (("csv", "p.csv"), ("json", "p.jsonl"), ("parquet", "p.parquet")):
-        summary = fuse.export_profiles(spark, s, fmt, tmp_path / name)  # default: the latest day
+        summary = export_profiles(spark, s, fmt, tmp_path / name)  # default: the latest day
         assert summary["rows"] == n and summary["as_of"] == DAY2.isoformat()
     csv = pd.read_csv(tmp_path / "p.csv")
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
@@ -238,7 +239,7 @@ def test_export_formats(spark, built, tmp_path):
     pq = pd.read_parquet(tmp_path / "p.parquet")
     for frame in (csv, js, pq):
         assert len(frame) == n and frame["user_id"].is_unique
-        assert {"segment_id", "profile_vec", *fuse.behaviour_features()} <= set(frame.columns)
+        assert {"segment_id", "profile_vec", *fusion_model.behaviour_features()} <= set(frame.columns)
     assert len(json.loads(csv["profile_vec"][0])) == k and len(js["profile_vec"][0]) == k and len(pq["profile_vec"][0]) == k
     # The three agree with each other and with the table.
     stored = _profiles(spark, s, DAY2)
@@ -246,9 +247,9 @@ def test_export_formats(spark, built, tmp_path):
     np.testing.assert_allclose(np.vstack(pq["profile_vec"]), np.vstack(stored["profile_vec"].to_numpy()))
     assert list(pq["searches_7d"]) == list(csv["searches_7d"])
     # An explicit day.
-    assert fuse.export_profiles(spark, s, "parquet", tmp_path / "d1.parquet", DAY1)["as_of"] == DAY1.isoformat()
+    assert export_profiles(spark, s, "parquet", tmp_path / "d1.parquet", DAY1)["as_of"] == DAY1.isoformat()
     with pytest.raises(InputError, match="unknown export format"):
-        fuse.export_profiles(spark, s, "xlsx", tmp_path / "p.xlsx")
+        export_profiles(spark, s, "xlsx", tmp_path / "p.xlsx")
 
 
 def test_cli_in_process(spark, built, tmp_path):
@@ -267,7 +268,7 @@ def test_cli_in_process(spark, built, tmp_path):
     after = _profiles(spark, s, DAY2)
     assert list(after["user_id"]) == list(before["user_id"]) and list(after["segment_id"]) == list(before["segment_id"])
     assert np.array_equal(np.vstack(after["profile_vec"].to_numpy()), np.vstack(before["profile_vec"].to_numpy()))
-    assert fuse.list_versions(s) == ["v1"]  # applied, not refitted
+    assert fusion_store.list_versions(s) == ["v1"]  # applied, not refitted
 
     res = runner.invoke(app, home + ["explain", PLANTED_USER, "--as-of", DAY1.isoformat()])
     assert res.exit_code == 0 and PLANTED_DRIVER in res.output

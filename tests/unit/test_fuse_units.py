@@ -11,21 +11,22 @@ import pytest
 from core.errors import InputError, NotBuiltError
 from persona.profiles.explain import decompose
 from persona.profiles.report import key_features, previous_date, psi
-from spark_jobs.gold import fuse
+from persona.profiles.export import check_export_target
+from spark_jobs.gold import fuse, fusion_model, fusion_store
 from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS
 
 
 def test_feature_list_is_numeric_behaviour_minus_keys_and_arrays():
-    feats = fuse.behaviour_features()
+    feats = fusion_model.behaviour_features()
     assert "user_id" not in feats and "as_of_date" not in feats and "event_timestamp" not in feats
     assert "top_categories_30d" not in feats  # an array
     assert {"views_30d", "spend_30d", "night_share_30d", "days_since_last_purchase"} <= set(feats)
     numeric = [f.name for f in USER_BEHAVIOUR.fields if f.dataType.typeName() in ("long", "integer", "double", "float")]
-    assert feats == [c for c in numeric if c not in fuse.KEY_COLUMNS]
+    assert feats == [c for c in numeric if c not in fusion_model.KEY_COLUMNS]
 
 
 def test_log1p_covers_counts_and_money_not_rates():
-    logs = set(fuse.log1p_features())
+    logs = set(fusion_model.log1p_features())
     assert {"views_1d", "purchases_30d", "sessions_30d", "spend_30d", "days_since_last_purchase"} <= logs
     assert not {"cart_rate_30d", "night_share_30d", "top_category_share_30d"} & logs
 
@@ -40,7 +41,7 @@ def test_log1p_covers_counts_and_money_not_rates():
     ],
 )
 def test_choose_k(ev, threshold, max_k, expected):
-    assert fuse.choose_k(ev, threshold, max_k) == expected
+    assert fusion_model.choose_k(ev, threshold, max_k) == expected
 
 
 def test_preprocess_statement_log1p_fill_and_embedding(spark):
@@ -50,7 +51,7 @@ def test_preprocess_statement_log1p_fill_and_embedding(spark):
         [("a", 0, None, [1.0, 2.0]), ("b", 9, 3, [0.5, -1.0])],
         "user_id string, views_30d long, days_since_last_purchase int, user_emb array<float>",
     )
-    stmt = fuse.preprocess_statement(["views_30d", "days_since_last_purchase"], ["views_30d", "days_since_last_purchase"],
+    stmt = fusion_model.preprocess_statement(["views_30d", "days_since_last_purchase"], ["views_30d", "days_since_last_purchase"],
                                      {"days_since_last_purchase": 365.0}, 2)
     rows = {r["user_id"]: r for r in SQLTransformer(statement=stmt).transform(df).collect()}
     assert rows["a"]["f__views_30d"] == pytest.approx(0.0)
@@ -70,7 +71,7 @@ def test_preprocess_statement_relative_counts_are_log_rates(spark):
         [("a", 99, 9, [1.0]), ("b", 999, 99, [2.0]), ("c", 0, 0, [1.0])],
         "user_id string, views_30d long, carts_30d long, user_emb array<float>",
     )
-    stmt = fuse.preprocess_statement(["views_30d", "carts_30d"], ["views_30d", "carts_30d"], {}, 1,
+    stmt = fusion_model.preprocess_statement(["views_30d", "carts_30d"], ["views_30d", "carts_30d"], {}, 1,
                                      {"carts_30d": "views_30d"})
     rows = {r["user_id"]: r for r in SQLTransformer(statement=stmt).transform(df).collect()}
     assert rows["a"]["f__carts_30d"] == pytest.approx(np.log(10 / 100))
@@ -81,8 +82,8 @@ def test_preprocess_statement_relative_counts_are_log_rates(spark):
 
 
 def test_every_count_but_views_30d_is_relative():
-    rel = fuse.relative_features()
-    feats = set(fuse.behaviour_features())
+    rel = fusion_model.relative_features()
+    feats = set(fusion_model.behaviour_features())
     longs = {f.name for f in USER_BEHAVIOUR.fields if f.dataType.typeName() == "long"}
     assert set(rel.values()) <= feats
     assert (longs & feats) - set(rel) == {"views_30d", "active_days_30d"}
@@ -90,9 +91,9 @@ def test_every_count_but_views_30d_is_relative():
 
 
 def test_cluster_components_kaiser_rule():
-    assert fuse.cluster_components([5.0, 2.0, 1.2, 0.9, 0.5], 1.0) == 3
-    assert fuse.cluster_components([5.0, 0.5], 1.0) == 2  # at least two
-    assert fuse.cluster_components([0.5], 1.0) == 1
+    assert fusion_model.cluster_components([5.0, 2.0, 1.2, 0.9, 0.5], 1.0) == 3
+    assert fusion_model.cluster_components([5.0, 0.5], 1.0) == 2  # at least two
+    assert fusion_model.cluster_components([0.5], 1.0) == 1
 
 
 def test_fusion_input_inner_join_keeps_behaviour_timestamp(spark):
@@ -135,14 +136,14 @@ def test_resolve_as_of():
 
 def test_export_target_checks(tmp_path):
     with pytest.raises(InputError, match="unknown export format 'xml'"):
-        fuse.check_export_target("xml", tmp_path / "a.xml")
+        check_export_target("xml", tmp_path / "a.xml")
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(InputError, match="is not a directory"):
-        fuse.check_export_target("csv", blocker / "a.csv")
+        check_export_target("csv", blocker / "a.csv")
     with pytest.raises(InputError, match="is a directory"):
-        fuse.check_export_target("csv", tmp_path)
-    fmt, path = fuse.check_export_target("JSON", tmp_path / "new" / "a.json")
+        check_export_target("csv", tmp_path)
+    fmt, path = check_export_target("JSON", tmp_path / "new" / "a.json")
     assert fmt == "json" and path.parent.is_dir()
 
 
@@ -202,21 +203,21 @@ def test_latest_version_per_encoder(tmp_path):
     from core.settings import load_settings
 
     settings = load_settings(home=tmp_path, environ={})
-    assert fuse.latest_version(settings) is None
+    assert fusion_store.latest_version(settings) is None
     for version, encoder in (("v1", "e1"), ("v2", "e2"), ("v10", "e1")):
         d = settings.model_dir("fusion", version)
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"encoder_version": encoder}))
     settings.model_dir("fusion", "v11").mkdir()  # no metrics.json: a half-written save
-    assert fuse.list_versions(settings) == ["v1", "v2", "v10"]  # numeric order
-    assert fuse.latest_version(settings) == "v10"
-    assert fuse.latest_version(settings, "e1") == "v10"
-    assert fuse.latest_version(settings, "e2") == "v2"
-    assert fuse.latest_version(settings, "e3") is None
+    assert fusion_store.list_versions(settings) == ["v1", "v2", "v10"]  # numeric order
+    assert fusion_store.latest_version(settings) == "v10"
+    assert fusion_store.latest_version(settings, "e1") == "v10"
+    assert fusion_store.latest_version(settings, "e2") == "v2"
+    assert fusion_store.latest_version(settings, "e3") is None
 
 
 def test_block_weights_balance_the_embedding_block():
-    w = fuse.block_weights(27, 32, 0.5)
+    w = fusion_model.block_weights(27, 32, 0.5)
     assert w[:27] == [1.0] * 27
     assert sum(x * x for x in w[27:]) == pytest.approx(0.5 * 27)  # block variance = 0.5 x behaviour's
-    assert fuse.block_weights(3, 0, 0.5) == [1.0, 1.0, 1.0]
+    assert fusion_model.block_weights(3, 0, 0.5) == [1.0, 1.0, 1.0]
