@@ -130,10 +130,10 @@ class FusionSettings(_Section):
     # BisectingKMeans iterations per split (Spark runs all of them: one job each).
     max_iter: int = 20
     # BisectingKMeans fits per segment count (seeds seed, seed+1, ...); the one with the
-    # lowest within-segment cost is kept (why: the spark_jobs/fuse.py docstring).
+    # lowest within-segment cost is kept (why: docs/fusion.md).
     restarts: int = 4
-    # Total variance of the embedding block relative to the behaviour block (why: the
-    # spark_jobs/fuse.py docstring).
+    # Total variance of the embedding block relative to the behaviour block (why:
+    # docs/fusion.md).
     embedding_weight: float = 0.25
     # "Never purchased" is not missing at random: it means "long ago", not "typical".
     never_days: int = 365

@@ -194,7 +194,7 @@ def explain_user(
     comp_var = np.maximum(np.array(metrics["component_variance"]), 1e-12)
     comp_sd = np.sqrt(comp_var)
     # Drivers: shares of the distance in the space the segments were found in (the
-    # leading components above an average input's variance, whitened: fuse.py). The
+    # leading components above an average input's variance, whitened: docs/fusion.md). The
     # quiet components beyond it are single features' noise; whitened, they would let
     # any feature with one odd value outrank what actually places the user.
     n_seg = int(metrics.get("cluster_components", len(comp_var)))

@@ -1,82 +1,19 @@
-"""Profile fusion: behaviour aggregates + sequence embedding -> profile vector + segment.
+"""Profile fusion, the job: behaviour aggregates + sequence embedding -> profile vector + segment.
 
 Input:  ``silver.user_behaviour`` and ``gold.user_embeddings`` joined on
-        ``(user_id, as_of_date)``; one row per user per as_of_date (inner join: a user
-        without an embedding that day has no profile that day, counted in the summary).
-Output: ``gold.user_profiles``, one row per user per as_of_date, partitioned by
-        ``as_of_date``; a run owns exactly one day and replaces it (``replaceWhere``).
-Model:  one Spark ML ``PipelineModel`` per fusion version, saved at
-        ``<home>/models/fusion/<version>/pipeline`` with ``metrics.json`` beside it:
+        ``(user_id, as_of_date)`` (inner join: a user without an embedding that day has
+        no profile that day, counted in the summary).
+Output: ``gold.user_profiles``, partitioned by ``as_of_date``; a run owns exactly one day
+        and replaces it (``replaceWhere``).
+Grain:  one row per user per as_of_date.
+Model:  a Spark ML ``PipelineModel`` per fusion version (``fusion_store``: v1, v2, ...):
+        volume-free inputs, scaler, block weights, PCA(k) whose scores are
+        ``profile_vec``, then BisectingKMeans on a whitened subspace for ``segment_id``
+        (built by ``fusion_model``, fitted by ``fusion_fit``). A day applies the latest
+        version fitted on its encoder version; the first day, a new encoder or
+        ``refit`` fits a new one.
 
-          SQLTransformer  volume-free inputs (below): log rates of counts, log1p of money
-                          and durations, semantic fills, L2-normalised embedding -> columns
-          Imputer         median of the fitting day for remaining nulls (values in the model
-                          and in metrics.json)
-          VectorAssembler behaviour features then embedding dimensions
-          StandardScaler  withMean, withStd
-          ElementwiseProduct  block weight of the embedding dimensions (below)
-          PCA(k)          k = smallest reaching ``fusion.variance_threshold``, capped by max_k;
-                          its scores are ``profile_vec``
-          VectorSlicer + ElementwiseProduct: the clustering space (below)
-          SQLTransformer + VectorAssembler: plus a constant coordinate (why: ANCHOR)
-          BisectingKMeans n segments chosen by silhouette over [min_segments, max_segments],
-                          best of ``fusion.restarts`` seeds per n (lowest cost)
-
-Why the inputs are volume-free. A profile should say *how* a user behaves; how much is one
-fact among many. Raw (even log1p) counts all move with activity, so activity owned the
-leading components and the segments split users by volume: on ``persona generate`` data
-(400 users, 30 days, 4 planted groups that differ in rates, not volume) segments vs
-groups had ARI 0.009. Now exactly one input measures volume (``views_30d``, log1p; views
-are ~90 % of events) plus ``active_days_30d`` (visit regularity); every other count enters
-as a log rate per the views of its own window, ``log1p(c) - log1p(views)`` (RELATIVE_TO:
-carts per view, searches per view, spend per view, distinct categories per view...),
-7-day and 1-day views as the recent share of the longer window (trend), sessions per
-active day. Rates and shares already in the table stay as they are.
-
-The embedding block is L2-normalised (its direction: a sequence encoder's norm can follow
-sequence length, i.e. volume) and weighted so that its total variance is
-``fusion.embedding_weight`` x the behaviour block's (each dimension x
-sqrt(w * n_behaviour / dim)): the balance between "what the user does" and "what the
-encoder saw" is a setting, not an accident of the encoder's dimension. Default 0.25: the
-encoder's embedding encodes which categories and items a user moves through, which is
-near-orthogonal to behaviour style (on the generator data each dimension explains <= 3 %
-of the planted-group variance), and at w >= 0.5 its dimensions outweigh the behaviour
-directions that separate users (measured below).
-
-Why segments are found on a whitened subspace of the profile. Even volume-free, the
-planted groups differ along several independent directions (buying rates; night share;
-search and category breadth), while one correlated block (the buying rates) is loud:
-unwhitened, 2-means splits that block and silhouette prefers 2 segments (ARI ~0.27).
-The clustering space is therefore the leading components whose variance exceeds an
-average input's (Kaiser's rule: shared structure, not one feature's noise), each divided
-by its sd (Mahalanobis distance there, the same metric ``persona explain`` decomposes).
-``profile_vec`` stays the unwhitened PCA scores (stable, variance-ordered axes).
-
-Why restarts. Spark's BisectingKMeans starts each split from the centre +- 1e-4 x |centre|
-x a uniform[0,1) vector, i.e. always from about the same hyperplane (across the
-diagonal), and 2-means from one start lands in a poor local optimum often (single seeds on
-the generator data: ARI 0.24 .. 0.97). Keeping, per segment count, the lowest-cost of
-``fusion.restarts`` seeds is k-means' usual n_init and makes the result stable.
-
-Measured, whole pipeline on ``persona generate`` data (generate -> ingest -> build ->
-train-encoder -> embed -> fuse, tiny encoder, max 6 segments), ARI of segments vs the
-planted groups:  400 users x 30 days: 0.009 before -> 0.84 now;  300 users x 30 days:
--0.0001 -> 0.95 (4 segments chosen by silhouette both times). A numpy replica of Spark's
-bisecting on the same inputs: embedding_weight 0 / 0.25 / 0.5 / 1.0 -> 0.97 / 0.96 /
-0.72 / 0.49 (400 users); unwhitened scores ~0.57 at 4 segments, silhouette picking 2.
-With 60 users x 10 days (15 per group, ~80 events each) the rates are too noisy for any
-of these (~0.4): the planted groups need weeks of activity to show.
-
-Later days apply the latest saved version fitted on the same encoder version, so profile
-axes and segment ids stay comparable from day to day; ``refit=True`` fits and saves a
-new version. A day whose embeddings come from an encoder no fusion model was fitted on
-gets a new version, said so in the summary (``fit_reason``): there is nothing older
-that could be applied to a new embedding space.
-
-Feature list: spark_jobs/feature_dictionary.py (owned by the behaviour helper) did not
-exist when this was written, so the numeric behaviour features are derived here from the
-USER_BEHAVIOUR schema (every numeric column except keys; arrays excluded). One source of
-truth either way: the schema module.
+Why it is built this way, with the measurements: docs/fusion.md.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
         total_var = float(sum(w * w for w, sd in zip(weights, scaler_std) if sd > 0))
         comp_var = [float(v) * total_var for v in pca.explainedVariance.toArray()]
 
-        # Clustering space (why: module docstring): the components that carry more
+        # Clustering space (why: docs/fusion.md): the components that carry more
         # variance than an average input (shared structure, Kaiser's rule), each divided
         # by its sd, so a direction that separates users counts as much as the loud one.
         n_inputs = sum(1 for sd in scaler_std if sd > 0)
@@ -144,7 +144,7 @@ def fit_fusion(spark: SparkSession, df: DataFrame, fusion, as_of: dt.date) -> tu
                     break
                 # Restarts: Spark starts every split from the same kind of nudge, and
                 # 2-means from one start lands in a poor local optimum often (measured:
-                # module docstring); keep the restart with the lowest within-segment cost.
+                # docs/fusion.md); keep the restart with the lowest within-segment cost.
                 best = None
                 for r in range(max(1, fusion.restarts)):
                     cand = fit_bkm(n, fusion.seed + r, sample)

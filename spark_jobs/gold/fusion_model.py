@@ -33,7 +33,7 @@ _LOG1P_EXTRA = (
     "days_since_last_purchase",
 )
 
-# Volume-free inputs (why: the module docstring). Every count except the one volume
+# Volume-free inputs (why: docs/fusion.md). Every count except the one volume
 # measure, views_30d, enters as a log rate per the views of its own window:
 # log1p(count) - log1p(base), i.e. log((count + 1) / (base + 1)). Views are ~90 % of
 # events, so "per view" is "per unit of activity" and reads plainly ("carts per view").

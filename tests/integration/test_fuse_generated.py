@@ -6,7 +6,7 @@ Input: ``generate(USERS, DAYS, SEED)`` written to bronze.events as ingest would 
 cost ~100 s of fixed overhead here), ``run_build`` for the last day (the real
 silver.user_behaviour), and embeddings from an encoder that knows nothing (random unit
 vectors, dim 8): the trained encoder's embedding explains <= 3 % of the planted-group
-variance per dimension on this data (measured, spark_jobs/fuse.py docstring), so this
+variance per dimension on this data (measured, docs/fusion.md), so this
 is what fusion gets from it, minus ~2.5 minutes of TensorFlow.
 
 The planted groups (persona/generate.py) differ in rates, not volume: browsers (few
@@ -99,7 +99,7 @@ def test_segments_recover_the_planted_groups(fused):
     the other three lumped ~0.33; two groups merged ~0.71; one group split in half ~0.91;
     the volume-driven segmentation this replaced ~0.0 (0.009 / -0.0001 on 400 / 300
     generated users). Measured here: ~0.73 (5 segments: browsers split in two; 0.84 and
-    0.95 on the larger logs of the fuse.py docstring). 0.6 needs every group to be
+    0.95 on the larger logs of docs/fusion.md). 0.6 needs every group to be
     mostly in its own segment(s): a volume split, 2 segments or one group found fail.
     """
     from sklearn.metrics import adjusted_rand_score

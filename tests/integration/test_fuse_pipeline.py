@@ -217,7 +217,7 @@ def test_segments_are_described_by_their_planted_drivers(spark, built):
     prof = _profiles(spark, built["settings"], DAY1).set_index("user_id")
     group = pd.Series(users["group"], index=users["user_id"])
     # Browsers are planted by volume (views x4-6, the same items per view as everyone):
-    # views_30d is the one input that measures volume (spark_jobs/fuse.py RELATIVE_TO).
+    # views_30d is the one input that measures volume (spark_jobs/gold/fusion_model.py RELATIVE_TO).
     expected = {1: "distinct_queries_30d", 3: "night_share_30d", 0: "views_30d"}
     for g, feature in expected.items():
         seg_id = int(prof.loc[group[group == g].index, "segment_id"].mode()[0])
