@@ -80,14 +80,11 @@ def segment_stats(spark: SparkSession, settings, as_of=None, top: int = 4) -> di
     day, profiles, version = _day_profiles(spark, settings, as_of)
     model, metrics = load_fusion(settings, version)
     features = metrics["behaviour_features"]
-    # The model's first two stages give the inputs the scaler saw (log1p, fills, imputation).
-    from pyspark.ml import PipelineModel
-
-    prep = PipelineModel(stages=model.stages[:2])
-    inp = prep.transform(fuse.day_input(spark, settings, day))
+    # The inputs the scaler saw (log1p, fills, imputation).
+    inp = fusion_model.model_inputs(model).transform(fuse.day_input(spark, settings, day))
     seg = profiles.select("user_id", "segment_id")
     joined = inp.join(seg, "user_id", "inner").select(
-        "segment_id", *[F.col(fusion_model._x(c)).alias(f"x_{i}") for i, c in enumerate(features)],
+        "segment_id", *[F.col(fusion_model.input_column(c)).alias(f"x_{i}") for i, c in enumerate(features)],
         *[F.col(c).cast("double").alias(f"r_{i}") for i, c in enumerate(features)],
     ).cache()
     try:

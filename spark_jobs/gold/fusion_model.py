@@ -1,21 +1,33 @@
 """The fusion model's pure parts: which inputs, how they are transformed, weighted and
-reduced, and how fitted stages are found again in a saved pipeline.
+reduced, the pipeline stages that do it, and how they are found again in a fitted model.
 
 Input:  column names and numbers (the USER_BEHAVIOUR schema, an embedding size, the
-        fitting day's explained variances); no DataFrames are read here.
+        fitting day's explained variances); no DataFrame is read here.
 Output: feature lists, the preprocessing SQL statement, block weights, the k rule, the
-        clustering-space size, and views of a fitted ``PipelineModel``.
-Grain:  one fusion model version (the day it is fitted on is one row per user).
+        clustering-space size, unfitted and fitted Spark ML stages, and views of a fitted
+        fusion ``PipelineModel``.
+Grain:  one fusion model version (fitted on one day: one row per user).
 
-Why the inputs are what they are: docs/fusion.md.
+Why the inputs and stages are what they are: docs/fusion.md.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCAModel
+from pyspark.ml import PipelineModel, Transformer
+from pyspark.ml.clustering import BisectingKMeans
+from pyspark.ml.feature import (
+    ElementwiseProduct,
+    Imputer,
+    ImputerModel,
+    PCAModel,
+    SQLTransformer,
+    StandardScaler,
+    VectorAssembler,
+    VectorSlicer,
+)
+from pyspark.ml.linalg import Vectors
 from pyspark.sql.types import DoubleType, FloatType, IntegerType, LongType
 
 from spark_jobs.schemas import USER_BEHAVIOUR
@@ -93,7 +105,9 @@ def _f(c: str) -> str:  # transformed (log1p/filled) column
     return f"f__{c}"
 
 
-def _x(c: str) -> str:  # imputed column, what the assembler reads
+def input_column(c: str) -> str:
+    """The column of behaviour feature ``c`` after log1p, fills and imputation: what the
+    assembler reads (and what ``persona segments`` describes)."""
     return f"x__{c}"
 
 
@@ -150,16 +164,6 @@ def choose_k(explained_all: list[float], threshold: float, max_k: int) -> int:
     return max(1, min(len(explained_all), max_k))
 
 
-def preprocess_model(model):
-    """The stages up to the block weights: raw input -> features_raw / _std / _weighted."""
-    return PipelineModel(stages=model.stages[:5])
-
-
-def pca_stage(model):
-    """The fitted PCAModel inside a fusion PipelineModel."""
-    return next(st for st in model.stages if isinstance(st, PCAModel))
-
-
 def block_weights(n_behaviour: int, emb_dim: int, embedding_weight: float) -> list[float]:
     """Per-input weights: 1 for behaviour features, sqrt(w * n_behaviour / dim) for each
     embedding dimension, so the embedding block's variance is w x the behaviour block's."""
@@ -172,3 +176,80 @@ def cluster_components(comp_var: list[float], mean_input_var: float) -> int:
     exceeds an average input's (Kaiser's rule), at least min(2, k)."""
     above = sum(1 for v in comp_var if v > mean_input_var * (1 + 1e-9))
     return max(min(2, len(comp_var)), above)
+
+
+# ---------------------------------------------------------------- pipeline stages
+def preprocess_stages(
+    features: list[str],
+    log1p_cols: Iterable[str],
+    fills: dict[str, float],
+    emb_dim: int,
+    relative: dict[str, str],
+    weights: list[float],
+) -> list:
+    """Unfitted stages from a fusion-input row to ``WEIGHTED_VEC``: the preprocessing SQL,
+    median imputation, the assembler (behaviour features then embedding dimensions),
+    the scaler and the block weights."""
+    return [
+        SQLTransformer(statement=preprocess_statement(features, log1p_cols, fills, emb_dim, relative)),
+        Imputer(strategy="median", inputCols=[_f(c) for c in features],
+                outputCols=[input_column(c) for c in features]),
+        VectorAssembler(inputCols=[input_column(c) for c in features] + [_e(i) for i in range(emb_dim)],
+                        outputCol=RAW_VEC, handleInvalid="error"),
+        StandardScaler(withMean=True, withStd=True, inputCol=RAW_VEC, outputCol=STD_VEC),
+        ElementwiseProduct(scalingVec=Vectors.dense(weights), inputCol=STD_VEC, outputCol=WEIGHTED_VEC),
+    ]
+
+
+def clustering_stages(pca: PCAModel, comp_var: list[float], n_cluster: int) -> list[Transformer]:
+    """From ``WEIGHTED_VEC`` to the clustering space ``CLUSTER_VEC``: the PCA scores, the
+    leading ``n_cluster`` of them each divided by its sd (whitened), plus the constant
+    ANCHOR coordinate."""
+    slicer = VectorSlicer(inputCol=PCA_VEC, outputCol=WHITE_VEC + "_raw", indices=list(range(n_cluster)))
+    whitener = ElementwiseProduct(
+        scalingVec=Vectors.dense([1.0 / max(v, 1e-12) ** 0.5 for v in comp_var[:n_cluster]]),
+        inputCol=WHITE_VEC + "_raw", outputCol=WHITE_VEC,
+    )
+    anchor = SQLTransformer(statement=f"SELECT *, CAST({ANCHOR!r} AS DOUBLE) AS `{ANCHOR_COL}` FROM __THIS__")
+    to_cluster = VectorAssembler(inputCols=[WHITE_VEC, ANCHOR_COL], outputCol=CLUSTER_VEC)
+    return [pca, slicer, whitener, anchor, to_cluster]
+
+
+def segmenter(n: int, seed: int, max_iter: int) -> BisectingKMeans:
+    """The unfitted segment stage: ``n`` segments on ``CLUSTER_VEC`` into ``SEGMENT``."""
+    return BisectingKMeans(k=n, seed=seed, maxIter=max_iter, featuresCol=CLUSTER_VEC, predictionCol=SEGMENT)
+
+
+# ---------------------------------------------------------------- a fitted model's parts
+def find_stage(model: PipelineModel, kind: type):
+    """The first stage of type ``kind`` (e.g. ``PCAModel``) in a fitted pipeline."""
+    return next(st for st in model.stages if isinstance(st, kind))
+
+
+def _writes(stage, column: str) -> bool:
+    return stage.hasParam("outputCol") and stage.isDefined("outputCol") and stage.getOrDefault("outputCol") == column
+
+
+def stages_through(model: PipelineModel, last) -> PipelineModel:
+    """The leading stages of ``model`` up to and including the first one ``last(stage)``
+    accepts: a part of the fitted pipeline that can be applied on its own."""
+    for i, st in enumerate(model.stages):
+        if last(st):
+            return PipelineModel(stages=model.stages[: i + 1])
+    raise ValueError("the fusion pipeline has no such stage")
+
+
+def preprocess_model(model: PipelineModel) -> PipelineModel:
+    """The stages up to the block weights: raw input -> features_raw / _std / _weighted."""
+    return stages_through(model, lambda st: _writes(st, WEIGHTED_VEC))
+
+
+def model_inputs(model: PipelineModel) -> PipelineModel:
+    """The stages up to the imputation: raw input -> the ``input_column`` of every
+    behaviour feature (log1p, fills, medians), what the scaler saw."""
+    return stages_through(model, lambda st: isinstance(st, ImputerModel))
+
+
+def pca_stage(model: PipelineModel) -> PCAModel:
+    """The fitted PCAModel inside a fusion PipelineModel."""
+    return find_stage(model, PCAModel)

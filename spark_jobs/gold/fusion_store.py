@@ -69,7 +69,7 @@ def save_fusion(settings, model, metrics: dict) -> str:
         model.write().overwrite().save(str(tmp / "pipeline"))
         write_metrics(tmp, metrics)
     # The fitted object is what was saved (the reload test checks that): applying it
-    # directly spares reading eight stages back from disk.
+    # directly spares reading its eleven stages back from disk.
     final = settings.model_dir(MODEL_KIND, version)
     _MODEL_CACHE[str(final)] = ((final / "metrics.json").stat().st_mtime_ns, model, metrics)
     return version

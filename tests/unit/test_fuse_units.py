@@ -221,3 +221,23 @@ def test_block_weights_balance_the_embedding_block():
     assert w[:27] == [1.0] * 27
     assert sum(x * x for x in w[27:]) == pytest.approx(0.5 * 27)  # block variance = 0.5 x behaviour's
     assert fusion_model.block_weights(3, 0, 0.5) == [1.0, 1.0, 1.0]
+
+
+def test_fitted_parts_are_found_by_type_and_output_not_position(spark):
+    """preprocess_model / model_inputs / pca_stage pick their stages by what they are."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, ImputerModel, PCAModel
+
+    df = spark.createDataFrame(
+        [(float(i), float(i * i % 7) if i != 2 else None, [1.0, float(i)]) for i in range(1, 7)],
+        "a double, b double, user_emb array<float>",
+    )
+    stages = fusion_model.preprocess_stages(["a", "b"], [], {}, 2, {}, fusion_model.block_weights(2, 2, 0.5))
+    pca = PCA(k=2, inputCol=fusion_model.WEIGHTED_VEC, outputCol=fusion_model.PCA_VEC)
+    model = Pipeline(stages=stages + [pca]).fit(df)
+    pre = fusion_model.preprocess_model(model)
+    assert pre.stages == model.stages[:5] and fusion_model.WEIGHTED_VEC in pre.transform(df).columns
+    inputs = fusion_model.model_inputs(model)
+    assert isinstance(inputs.stages[-1], ImputerModel) and len(inputs.stages) == 2
+    assert fusion_model.input_column("b") in inputs.transform(df).columns
+    assert isinstance(fusion_model.pca_stage(model), PCAModel)
