@@ -15,11 +15,12 @@ State lives under ``home``: tables at ``<home>/warehouse/<layer>/<table>``, mode
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_HOME = ".persona"
 ENV_PREFIX = "PERSONA__"
@@ -88,12 +89,19 @@ class BehaviourSettings(_Section):
     fail_on_quality: bool = False
 
 
+# Encoder keys renamed, old -> new: they were never hash buckets but vocabulary caps.
+RENAMED_ENCODER_KEYS = {"item_buckets": "item_vocab_size", "category_buckets": "category_vocab_size"}
+
+
 class EncoderSettings(_Section):
+    """The encoder's model, training and Spark-inference knobs; also the defaults of
+    ``encoders.model.EncoderParams``."""
+
     embedding_dim: int = 32
-    item_buckets: int = 20_000
-    category_buckets: int = 2_000
-    hidden_dim: int = 64
     # Vocabularies: the most frequent ids up to these sizes (2 slots: padding, unknown).
+    item_vocab_size: int = 20_000
+    category_vocab_size: int = 2_000
+    hidden_dim: int = 64
     # Training: small batches and a high rate converge in a few epochs on the
     # tens-of-thousands-of-users logs this runs on; early stopping ends it.
     epochs: int = 10
@@ -119,6 +127,26 @@ class EncoderSettings(_Section):
     # (N, L) arrays without a pandas object per row; faster in bench.encoder) or "pandas"
     # (mapInPandas). Same iterator form, same predict function.
     udf: Literal["pandas", "arrow"] = "arrow"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Old key names keep working, with a one-line warning saying the new name.
+
+        FutureWarning, not DeprecationWarning: Python shows the latter only for code run
+        as __main__, and the one who must act here is whoever edits the YAML file."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in RENAMED_ENCODER_KEYS.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(f"both encoder.{old} (deprecated) and encoder.{new} are set: keep {new} only")
+            warnings.warn(f"setting encoder.{old} is deprecated, use encoder.{new} (same meaning: a vocabulary cap)",
+                          FutureWarning, stacklevel=3)  # 3: past pydantic, at whoever built the settings
+            data[new] = data.pop(old)
+        return data
 
 
 class FusionSettings(_Section):

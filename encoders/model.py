@@ -40,8 +40,8 @@ class EncoderParams:
     """The model and training knobs (same names as ``settings.encoder``)."""
 
     embedding_dim: int = 32
-    item_buckets: int = 20_000
-    category_buckets: int = 2_000
+    item_vocab_size: int = 20_000
+    category_vocab_size: int = 2_000
     item_min_count: int = 5
     hidden_dim: int = 64
     dropout: float = 0.1

@@ -52,15 +52,15 @@ def split_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 def fit_vocab(seqs: Sequences, params: EncoderParams) -> tuple[list[str], list[str]]:
     """Items seen ``item_min_count`` times and all categories, most frequent first, capped
-    at the bucket sizes (minus the padding and OOV slots). Ties by id: deterministic."""
+    at the vocabulary sizes (minus the padding and OOV slots). Ties by id: deterministic."""
     def top(values: np.ndarray, cap: int, min_count: int) -> list[str]:
         counts = Counter(values[values != PAD].tolist())
         counts.pop(OOV_TOKEN, None)  # an id spelled like the OOV token simply stays OOV
         ranked = sorted(((c, n) for c, n in counts.items() if n >= min_count), key=lambda kv: (-kv[1], kv[0]))
         return [c for c, _ in ranked[: max(cap - RESERVED, 0)]]
 
-    return (top(seqs.item_ids, params.item_buckets, params.item_min_count),
-            top(seqs.category_ids, params.category_buckets, 1))
+    return (top(seqs.item_ids, params.item_vocab_size, params.item_min_count),
+            top(seqs.category_ids, params.category_vocab_size, 1))
 
 
 def to_indices(encoder: Encoder, seqs: Sequences) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,30 @@ def test_conf_files_show_every_setting_and_load(name):
     expected = _keys(Settings().model_dump(mode="json"))
     assert documented == expected, f"conf/{name} out of date: missing {expected - documented}, extra {documented - expected}"
     load_settings(REPO / "conf" / name, environ={})
+
+
+def test_vocabulary_caps_renamed_old_keys_still_work_and_warn(tmp_path):
+    """encoder.item_buckets / category_buckets were vocabulary caps, not hash buckets:
+    the new keys are item_vocab_size / category_vocab_size; the old ones still load."""
+    f = tmp_path / "c.yaml"
+    f.write_text("encoder:\n  item_vocab_size: 300\n  category_vocab_size: 40\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new keys say nothing
+        new = load_settings(f, environ={})
+    assert (new.encoder.item_vocab_size, new.encoder.category_vocab_size) == (300, 40)
+
+    f.write_text("encoder:\n  item_buckets: 300\n  category_buckets: 40\n")
+    with pytest.warns(FutureWarning) as caught:
+        old = load_settings(f, environ={})
+    assert old.encoder == new.encoder
+    assert [str(w.message).split(",")[0] for w in caught] == [
+        "setting encoder.item_buckets is deprecated", "setting encoder.category_buckets is deprecated"]
+    assert "use encoder.item_vocab_size" in str(caught[0].message) and "\n" not in str(caught[0].message)
+    with pytest.warns(FutureWarning, match="category_buckets"):
+        env = load_settings(environ={"PERSONA__ENCODER__CATEGORY_BUCKETS": "40"})
+    assert env.encoder.category_vocab_size == 40
+    assert "item_buckets" not in Settings().model_dump()["encoder"]
+
+    f.write_text("encoder:\n  item_buckets: 300\n  item_vocab_size: 300\n")
+    with pytest.raises(ConfigError, match="keep item_vocab_size only"):
+        load_settings(f, environ={})
