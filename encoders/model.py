@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import keras
 from keras import layers, ops
 
+from core.settings import EncoderSettings
 from core.tables import EVENT_TYPES
 from encoders.data import ARRAY_COLUMNS, PAD
 
@@ -35,24 +36,29 @@ NEVER = "<persona:empty-vocabulary>"  # placeholder entry when a vocabulary woul
 OOV_TOKEN = "[UNK]"  # StringLookup's own token: may not appear inside a vocabulary
 
 
+# The one source of the defaults: the settings section every job and command reads.
+_DEFAULTS = EncoderSettings()
+
+
 @dataclass(frozen=True)
 class EncoderParams:
-    """The model and training knobs (same names as ``settings.encoder``)."""
+    """The model and training knobs: the names and defaults of ``settings.encoder`` (the
+    Spark-inference knobs there, threads and batch sizes, are not the model's)."""
 
-    embedding_dim: int = 32
-    item_vocab_size: int = 20_000
-    category_vocab_size: int = 2_000
-    item_min_count: int = 5
-    hidden_dim: int = 64
-    dropout: float = 0.1
-    recent_decay: float = 0.8
-    repeat_scores: bool = True
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 5e-3
-    validation_share: float = 0.2
-    patience: int = 2
-    seed: int = 42
+    embedding_dim: int = _DEFAULTS.embedding_dim
+    item_vocab_size: int = _DEFAULTS.item_vocab_size
+    category_vocab_size: int = _DEFAULTS.category_vocab_size
+    item_min_count: int = _DEFAULTS.item_min_count
+    hidden_dim: int = _DEFAULTS.hidden_dim
+    dropout: float = _DEFAULTS.dropout
+    recent_decay: float = _DEFAULTS.recent_decay
+    repeat_scores: bool = _DEFAULTS.repeat_scores
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    learning_rate: float = _DEFAULTS.learning_rate
+    validation_share: float = _DEFAULTS.validation_share
+    patience: int = _DEFAULTS.patience
+    seed: int = _DEFAULTS.seed
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | Any) -> "EncoderParams":

@@ -170,6 +170,20 @@ def test_model_cached_per_path(saved):
 
 
 # ---- training -----------------------------------------------------------------------------
+def test_params_take_names_and_defaults_from_settings():
+    """One source of encoder defaults: every EncoderParams knob is a settings.encoder key
+    (from_mapping would silently drop one that is not) with the same default."""
+    from dataclasses import asdict
+
+    from core.settings import EncoderSettings
+
+    settings = EncoderSettings().model_dump()
+    params = asdict(EncoderParams())
+    assert set(params) <= set(settings), set(params) - set(settings)
+    assert params == {k: settings[k] for k in params}
+    assert EncoderParams.from_mapping(EncoderSettings(item_vocab_size=7)).item_vocab_size == 7
+
+
 def test_targets_are_next_category():
     cat = np.array([[2, 3, 4, 0], [5, 1, 0, 0]])
     typ = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
