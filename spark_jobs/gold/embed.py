@@ -22,18 +22,25 @@ function the tests call without Spark. What keeps it near in-process speed on a 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import Window
 
 from core.dates import parse_date
 from core.errors import InputError, NotBuiltError
-from encoders.predict import encoder_registry
+from encoders import data, predict
 from spark_jobs import delta_io
 from spark_jobs.schemas import USER_EMBEDDINGS
 
@@ -52,12 +59,22 @@ def encoder_root(settings) -> Path:
 def resolve_model(settings, version: str | None = None) -> Path:
     """The version directory for ``version`` (default ``latest``), or a NotBuiltError."""
     try:
-        return encoder_registry(encoder_root(settings)).resolve(version)
+        return predict.encoder_registry(encoder_root(settings)).resolve(version)
     except FileNotFoundError as exc:
         raise NotBuiltError(f"{exc} (run `persona train-encoder` first)") from None
 
 
 # ---- the pure transform ---------------------------------------------------------------
+def _worker_encoder(model_path: str, threads: int, shipped: str | None) -> predict.LoadedEncoder:
+    """The encoder in a Python worker: TF threads sized first, then the model loaded once
+    per (reused) worker (``predict.load`` caches by path), from the copy shipped to this
+    executor (``shipped``: the name ``SparkContext.addFile`` sent it under) or, in local
+    mode, from the driver's path."""
+    # Before the first TF op in this worker; a reused worker keeps both settings.
+    predict.configure_threads(threads)
+    return predict.load(SparkFiles.get(shipped) if shipped else model_path)
+
+
 def _embed_batches(model_path: str, threads: int, chunk: int, shipped: str | None = None):
     """The function each Python worker runs over its Arrow batches (as pandas).
 
@@ -65,20 +82,8 @@ def _embed_batches(model_path: str, threads: int, chunk: int, shipped: str | Non
     worker then loads its local copy instead of the driver's path."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import os
-        import sys
-
-        from encoders import data, predict
-
         t0 = time.perf_counter()
-        # Before the first TF op in this worker; a reused worker keeps both settings.
-        predict.configure_threads(threads)
-        if shipped:
-            from pyspark import SparkFiles
-
-            encoder = predict.load(SparkFiles.get(shipped))
-        else:
-            encoder = predict.load(model_path)
+        encoder = _worker_encoder(model_path, threads, shipped)
         t_load, t_conv, t_pred, rows = time.perf_counter() - t0, 0.0, 0.0, 0
         for pdf in batches:
             t1 = time.perf_counter()
@@ -107,22 +112,8 @@ def _embed_arrow_batches(model_path: str, threads: int, chunk: int, shipped: str
     go back as one flat float buffer."""
 
     def run(batches):
-        import os
-        import sys
-
-        import numpy as np
-        import pyarrow as pa
-
-        from encoders import data, predict
-
         t0 = time.perf_counter()
-        predict.configure_threads(threads)
-        if shipped:
-            from pyspark import SparkFiles
-
-            encoder = predict.load(SparkFiles.get(shipped))
-        else:
-            encoder = predict.load(model_path)
+        encoder = _worker_encoder(model_path, threads, shipped)
         t_load, t_conv, t_pred, t_wait, rows = time.perf_counter() - t0, 0.0, 0.0, 0.0, 0
         t_next = time.perf_counter()
         for batch in batches:
@@ -184,9 +175,6 @@ def ship_model(spark: SparkSession, model_dir: Path) -> str | None:
     The name carries the version: one session may embed with several versions."""
     if spark.sparkContext.master.startswith("local"):
         return None
-    import shutil
-    import tempfile
-
     name = f"encoder-{model_dir.name}.keras"
     staged = Path(tempfile.gettempdir()) / "persona-models" / model_dir.name / name
     if not staged.is_file():
@@ -297,7 +285,8 @@ def training_sequences(spark: SparkSession, settings, as_of=None) -> tuple[pd.Da
 
 def train(spark: SparkSession, settings, as_of=None, log=None) -> dict:
     """Train a new encoder version on the sequences up to ``as_of``; returns a summary."""
-    from encoders import data
+    # deferred: encoders.model and encoders.train import Keras/TensorFlow, which
+    # embedding (this module's other job) never needs on the driver.
     from encoders.model import EncoderParams
     from encoders.train import train as fit
 
