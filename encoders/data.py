@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # The model's input names, in the order of the sequences table columns.
 ARRAY_COLUMNS = ("item_ids", "category_ids", "event_types", "gap_seconds")
@@ -112,9 +114,6 @@ def from_arrow(batch) -> Sequences:
     Fixed-length lists flatten to one buffer that reshapes to ``(N, L)`` without a
     Python object per row, which is what makes the Spark path as fast as in-process.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = batch.num_rows
     cols = {}
     for name in ARRAY_COLUMNS:

@@ -25,7 +25,6 @@ MODEL_FILE = "model.keras"
 DEFAULT_CHUNK = 4096
 
 
-
 def encoder_registry(root: str | os.PathLike) -> ModelRegistry:
     """The encoder versions under ``root`` (``<home>/models/encoder``): timestamped names,
     each with ``model.keras`` and ``metrics.json``."""
@@ -48,7 +47,7 @@ def configure_threads(n: int | None) -> None:
     if not n or _threads is not None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: importing this module (the driver) must not load TF
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(n))
@@ -65,6 +64,8 @@ class LoadedEncoder:
 
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # deferred: TF/Keras load only where a model is loaded (a Spark worker, a test),
+        # never on the driver that merely imports this module to find versions.
         import keras
         import tensorflow as tf
 

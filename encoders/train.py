@@ -26,12 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-from encoders import evaluate as ev
 from core.registry import write_metrics
+from core.tables import EVENT_TYPES
+from encoders import evaluate as ev
 from encoders.data import PAD, Sequences
-from encoders.model import EVENT_TYPES, OOV_TOKEN, RESERVED, Encoder, EncoderParams, build
+from encoders.model import OOV_TOKEN, RESERVED, Encoder, EncoderParams, build
 from encoders.predict import MODEL_FILE, encoder_registry
 
 K = 10
@@ -65,8 +68,6 @@ def fit_vocab(seqs: Sequences, params: EncoderParams) -> tuple[list[str], list[s
 
 def to_indices(encoder: Encoder, seqs: Sequences) -> list[np.ndarray]:
     """The lookup layers of the model applied once to the data (the trainer's inputs)."""
-    import tensorflow as tf
-
     out = []
     for col in ("item_ids", "category_ids", "event_types"):
         values = getattr(seqs, col)
@@ -90,9 +91,6 @@ def next_targets(cat_idx: np.ndarray, type_idx: np.ndarray) -> tuple[np.ndarray,
 
 
 def _set_determinism(seed: int) -> None:
-    import keras
-    import tensorflow as tf
-
     keras.utils.set_random_seed(seed)
     try:
         tf.config.experimental.enable_op_determinism()
@@ -101,9 +99,8 @@ def _set_determinism(seed: int) -> None:
 
 
 def _split(seqs: Sequences, params: EncoderParams) -> tuple[Sequences, Sequences]:
-    """Users with events -> (train, validation): a seeded hash of the id, and validation
-    users need a prefix and a target (two or more events)."""
-    seqs = seqs.take(np.nonzero(seqs.seq_len > 0)[0])
+    """Users (each with an event) -> (train, validation): a seeded hash of the id, and
+    validation users need a prefix and a target (two or more events)."""
     if len(seqs) == 0:
         raise ValueError("no user has any event in the sequences given")
     is_val = split_users(seqs.user_ids, params.validation_share, params.seed)
@@ -120,8 +117,6 @@ def _fit(encoder: Encoder, fit_set: Sequences, val_prefix: Sequences, params: En
          log_dir: Path, verbose: int) -> dict:
     """Compile and fit the training head with early stopping on the validation prefixes;
     returns the initial loss, the curve, the best epoch and the monitored metric."""
-    import keras  # deferred: TensorFlow loads only when something trains
-
     x_train = to_indices(encoder, fit_set)
     y_train, w_train = next_targets(x_train[1], x_train[2])
     x_val = to_indices(encoder, val_prefix)
@@ -165,8 +160,8 @@ def train(
     log = log or (lambda _msg: None)
     t0 = time.perf_counter()
     _set_determinism(params.seed)
+    seqs = seqs.take(np.nonzero(seqs.seq_len > 0)[0])  # users with events
     train_set, val_set = _split(seqs, params)
-    seqs = seqs.take(np.nonzero(seqs.seq_len > 0)[0])
     items, categories = fit_vocab(train_set, params)
     encoder = build(items, categories, params)
     log(f"vocabulary: {len(items)} items, {len(categories)} categories; "
