@@ -169,6 +169,66 @@ def decompose(
     return s, contrib, shares
 
 
+def _user_inputs(spark: SparkSession, settings, day, version: str, user_id: str):
+    """``(model, metrics, row)``: the fusion model of the user's profile and the user's
+    inputs through it (raw, standardised and weighted vectors, raw behaviour values)."""
+    model, metrics = load_fusion(settings, version)
+    inp = fuse.day_input(spark, settings, day).where(F.col("user_id") == F.lit(user_id))
+    pre = (fusion_model.preprocess_model(model).transform(inp)
+           .select(fusion_model.RAW_VEC, fusion_model.STD_VEC, fusion_model.WEIGHTED_VEC,
+                   *metrics["behaviour_features"]).first())
+    if pre is None:
+        raise InputError(f"user {user_id!r} has a profile but no behaviour+embedding row on {day}")
+    return model, metrics, pre
+
+
+def _feature_entries(names: list[str], pre, population: dict):
+    """``entry(i)``: input i of the user, as the explanation lists it."""
+    z = pre[fusion_model.STD_VEC].toArray()
+    x = pre[fusion_model.WEIGHTED_VEC].toArray()  # what PCA sees: z with the embedding block weighted
+    raw = pre[fusion_model.RAW_VEC].toArray()
+
+    def entry(i: int) -> dict:
+        name = names[i]
+        # standardised: z; pca_input: z times the block weight (1 for behaviour features).
+        out = {"feature": name, "standardised": float(z[i]), "pca_input": float(x[i]), "model_input": float(raw[i])}
+        if name in population:
+            out["value"] = pre[name]
+            out["population_mean"] = population[name]["raw_mean"]
+        return out
+
+    return entry
+
+
+def _components(s, contrib, P, comp_sd, explained, entry, top_components: int, top_features: int) -> list[dict]:
+    """The components the user is most unusual on (|score| in sd units), each with its
+    leading loading x value terms."""
+    comps = []
+    for j in np.argsort(-np.abs(s) / comp_sd)[:top_components]:
+        j = int(j)
+        top = np.argsort(-np.abs(contrib[:, j]))[:top_features]
+        comps.append({
+            "component": j + 1,
+            "score": float(s[j]),
+            "sd": float(s[j] / comp_sd[j]),
+            "explained_variance": float(explained[j]),
+            "features": [dict(entry(int(i)), loading=float(P[i, j]), contribution=float(contrib[i, j]))
+                         for i in top],
+        })
+    return comps
+
+
+def _segment_summary(segment_id: int, stats: dict) -> dict:
+    seg = next((x for x in stats["segments"] if x["segment_id"] == segment_id), None)
+    return {
+        "segment_id": int(segment_id),
+        "size": seg["size"] if seg else None,
+        "share": seg["share"] if seg else None,
+        "distinctive": seg["distinctive"] if seg else [],
+        "n_segments": len(stats["segments"]),
+    }
+
+
 def explain_user(
     spark: SparkSession, settings, user_id: str, as_of=None, top_components: int = 3, top_features: int = 5
 ) -> dict:
@@ -177,16 +237,9 @@ def explain_user(
     row = profiles.where(F.col("user_id") == F.lit(user_id)).select("profile_vec", "segment_id").first()
     if row is None:
         raise InputError(f"user {user_id!r} has no profile on {day}")
-    model, metrics = load_fusion(settings, version)
-    names = metrics["feature_names"]
-    inp = fuse.day_input(spark, settings, day).where(F.col("user_id") == F.lit(user_id))
-    pre = (fusion_model.preprocess_model(model).transform(inp)
-           .select(fusion_model.RAW_VEC, fusion_model.STD_VEC, fusion_model.WEIGHTED_VEC, *metrics["behaviour_features"]).first())
-    if pre is None:
-        raise InputError(f"user {user_id!r} has a profile but no behaviour+embedding row on {day}")
+    model, metrics, pre = _user_inputs(spark, settings, day, version, user_id)
+    x = pre[fusion_model.WEIGHTED_VEC].toArray()
     z = pre[fusion_model.STD_VEC].toArray()
-    x = pre[fusion_model.WEIGHTED_VEC].toArray()  # what PCA sees: z with the embedding block weighted
-    raw = pre[fusion_model.RAW_VEC].toArray()
     P = fusion_model.pca_stage(model).pc.toArray()
     comp_var = np.maximum(np.array(metrics["component_variance"]), 1e-12)
     comp_sd = np.sqrt(comp_var)
@@ -198,41 +251,16 @@ def explain_user(
     _, _, shares = decompose(x, P[:, :n_seg], comp_var[:n_seg])
     s, contrib, _ = decompose(x, P, comp_var)
     stats = segment_stats(spark, settings, day)
-    pop = stats["population"]
+    entry = _feature_entries(metrics["feature_names"], pre, stats["population"])
 
-    def feature_entry(i: int) -> dict:
-        name = names[i]
-        # standardised: z; pca_input: z times the block weight (1 for behaviour features).
-        entry = {"feature": name, "standardised": float(z[i]), "pca_input": float(x[i]), "model_input": float(raw[i])}
-        if name in pop:
-            entry["value"] = pre[name]
-            entry["population_mean"] = pop[name]["raw_mean"]
-        return entry
-
-    order = np.argsort(-shares)
     drivers = []
-    for i in order[:top_features]:
+    for i in np.argsort(-shares)[:top_features]:
         if shares[i] <= 0:
             break
-        drivers.append(dict(feature_entry(int(i)), share=float(shares[i])))
-
+        drivers.append(dict(entry(int(i)), share=float(shares[i])))
     # Single inputs far from the population (|z| >= OUTLIER_Z): a lone odd value can sit
     # on a quiet component outside the segment space, so the drivers need not show it.
-    outliers = [dict(feature_entry(int(i))) for i in np.argsort(-np.abs(z)) if abs(z[i]) >= OUTLIER_Z]
-
-    comps = []
-    for j in np.argsort(-np.abs(s) / comp_sd)[:top_components]:
-        j = int(j)
-        top = np.argsort(-np.abs(contrib[:, j]))[:top_features]
-        comps.append({
-            "component": j + 1,
-            "score": float(s[j]),
-            "sd": float(s[j] / comp_sd[j]),
-            "explained_variance": float(metrics["explained_variance"][j]),
-            "features": [dict(feature_entry(int(i)), loading=float(P[i, j]), contribution=float(contrib[i, j]))
-                         for i in top],
-        })
-    seg = next((x for x in stats["segments"] if x["segment_id"] == row["segment_id"]), None)
+    outliers = [entry(int(i)) for i in np.argsort(-np.abs(z)) if abs(z[i]) >= OUTLIER_Z]
     return {
         "user_id": user_id,
         "as_of": day.isoformat(),
@@ -241,14 +269,9 @@ def explain_user(
         "distance_sd": float(np.sqrt(np.sum((s[:n_seg] / comp_sd[:n_seg]) ** 2))),
         "drivers": drivers,
         "outliers": outliers[:top_features],
-        "components": comps,
-        "segment": {
-            "segment_id": int(row["segment_id"]),
-            "size": seg["size"] if seg else None,
-            "share": seg["share"] if seg else None,
-            "distinctive": seg["distinctive"] if seg else [],
-            "n_segments": len(stats["segments"]),
-        },
+        "components": _components(s, contrib, P, comp_sd, metrics["explained_variance"], entry,
+                                  top_components, top_features),
+        "segment": _segment_summary(row["segment_id"], stats),
     }
 
 
