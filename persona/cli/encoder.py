@@ -3,6 +3,8 @@
 ``train-encoder`` reads silver.user_sequences up to a day, trains a new versioned encoder
 under ``<home>/models/encoder/<version>/`` and prints its evaluation against the two
 baselines. ``embed`` applies an encoder version in Spark and writes gold.user_embeddings.
+The job module imports pyspark: it is imported inside each command so that ``persona
+--help`` and the other commands start without it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def train_encoder(
     """Train the sequence encoder (next-category prediction) on silver.user_sequences; save
     a new version with metrics.json (hr@10 / ndcg@10 vs popularity and user-top baselines)
     and TensorBoard logs under <home>/models/encoder/<version>/."""
-    from spark_jobs.gold import embed as job
+    from spark_jobs.gold import embed as job  # deferred: pyspark
 
     s = settings()
     with stage("train encoder"):
@@ -46,7 +48,7 @@ def embed(
 ) -> None:
     """Apply the encoder in Spark to silver.user_sequences and write gold.user_embeddings
     (one L2-normalised vector per user per day; re-running a day replaces that day)."""
-    from spark_jobs.gold import embed as job
+    from spark_jobs.gold import embed as job  # deferred: pyspark
 
     s = settings()
     with stage("embed users"):

@@ -1,4 +1,8 @@
-"""Profile commands: fuse, explain, segments, export, report (gold.user_profiles)."""
+"""Profile commands: fuse, explain, segments, export, report (gold.user_profiles).
+
+The jobs and profile uses import pyspark; they are imported inside each command so that
+``persona --help`` and the other commands start without it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Optional
 import typer
 
 from core.dates import parse_date
+from core.fs import writable_file
 from persona.cli.app import app, settings, spark
 from persona.progress import out, stage
 
@@ -26,7 +31,7 @@ def fuse_cmd(
     model is applied (axes stay comparable between days); the first run, or --refit,
     fits a new version under <home>/models/fusion/.
     """
-    from spark_jobs.gold.fuse import run_fuse
+    from spark_jobs.gold.fuse import run_fuse  # deferred: pyspark
 
     day = parse_date(as_of, "--as-of")
     with stage("fuse"):
@@ -50,7 +55,7 @@ def explain_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
     """Explain a user's profile: the features behind their position and their segment."""
-    from persona.profiles.explain import explain_user, render_explanation
+    from persona.profiles.explain import explain_user, render_explanation  # deferred: pyspark
 
     e = explain_user(spark(), settings(), user, parse_date(as_of, "--as-of"))
     typer.echo(json.dumps(e, indent=2, default=str) if as_json else render_explanation(e))
@@ -62,7 +67,7 @@ def segments_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the segments as JSON."),
 ) -> None:
     """Size and distinctive behaviour features of every segment."""
-    from persona.profiles.explain import render_segments, segment_stats
+    from persona.profiles.explain import render_segments, segment_stats  # deferred: pyspark
 
     stats = segment_stats(spark(), settings(), parse_date(as_of, "--as-of"))
     if as_json:
@@ -79,7 +84,7 @@ def export_cmd(
     as_of: Optional[str] = _AS_OF,
 ) -> None:
     """Export one day's profiles with their behaviour features, profile_vec and segment_id."""
-    from persona.profiles.export import check_export_target, export_profiles
+    from persona.profiles.export import check_export_target, export_profiles  # deferred: pyspark
 
     check_export_target(fmt, out_path)  # fail before starting Spark
     day = parse_date(as_of, "--as-of")
@@ -94,8 +99,7 @@ def report_cmd(
     as_of: Optional[str] = _AS_OF,
 ) -> None:
     """Write a self-contained HTML report: variance, segments, key features, drift (PSI)."""
-    from persona.profiles.report import write_report
-    from core.fs import writable_file
+    from persona.profiles.report import write_report  # deferred: pyspark
 
     writable_file(out_path)  # fail before starting Spark
     day = parse_date(as_of, "--as-of")

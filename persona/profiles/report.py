@@ -23,10 +23,11 @@ import html
 import io
 
 import numpy as np
+from pyspark.sql import functions as F
 
-from persona.profiles import explain
 from core.errors import InputError
 from core.fs import writable_file
+from persona.profiles import explain
 from spark_jobs import delta_io
 from spark_jobs.gold import fuse
 from spark_jobs.gold.fusion_store import load_fusion
@@ -89,8 +90,6 @@ def _sample(df, n_rows: int, limit: int, seed: int):
 
 def gather(spark, settings, as_of=None) -> dict:
     """Everything the report shows, as plain Python/pandas objects."""
-    from pyspark.sql import functions as F
-
     fusion = settings.fusion
     day, profiles, version = explain._day_profiles(spark, settings, as_of)
     _, metrics = load_fusion(settings, version)
@@ -136,15 +135,16 @@ def gather(spark, settings, as_of=None) -> dict:
 
 # ---------------------------------------------------------------- pictures
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _plt().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _plt():
+    """pyplot on the Agg backend (files only, no display)."""
+    # deferred: matplotlib takes over a second to import and only the pictures need it;
+    # pyplot must come after use("Agg") so that no GUI backend is ever picked.
     import matplotlib
 
     matplotlib.use("Agg", force=True)
