@@ -13,6 +13,16 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
+
+from core.errors import InputError, NotBuiltError
+from encoders import data, predict
+from persona.demo.generator import generate
+from spark_jobs import delta_io
+from spark_jobs.gold import embed as job
+from spark_jobs.gold.embed import resolve_model, training_sequences
+from spark_jobs.schemas import USER_EMBEDDINGS, USER_SEQUENCES
+from spark_jobs.silver.sequences import user_sequences
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,12 +35,6 @@ LAST = START + dt.timedelta(days=DAYS - 1)
 
 @pytest.fixture(scope="module")
 def built(spark, module_settings):
-    from persona.demo.generator import generate
-    from spark_jobs import delta_io
-    from spark_jobs.gold import embed as job
-    from spark_jobs.schemas import USER_SEQUENCES
-    from spark_jobs.silver.sequences import user_sequences
-
     s = module_settings
     # Small but enough users to learn the planted structure in a few epochs; 20-event
     # sequences keep the GRU cheap (the code path is the same for any length).
@@ -58,15 +62,11 @@ def built(spark, module_settings):
 
 
 def _gold(spark, settings, day=LAST) -> pd.DataFrame:
-    from pyspark.sql import functions as F
-
     return (spark.read.format("delta").load(settings.table("gold.user_embeddings"))
             .where(F.col("as_of_date") == F.lit(day)).toPandas())
 
 
 def _sequences(spark, settings, day=LAST) -> pd.DataFrame:
-    from pyspark.sql import functions as F
-
     return (spark.read.format("delta").load(settings.table("silver.user_sequences"))
             .where(F.col("as_of_date") == F.lit(day)).toPandas())
 
@@ -84,8 +84,6 @@ def test_encoder_beats_both_baselines_on_planted_log(built):
 
 
 def test_embeddings_table(spark, built):
-    from spark_jobs.schemas import USER_EMBEDDINGS
-
     s = built["settings"]
     e = built["embedded"]
     assert e["start"] == e["end"] == LAST.isoformat()
@@ -106,9 +104,6 @@ def test_embeddings_table(spark, built):
 
 
 def test_spark_path_equals_numpy_path(spark, built):
-    from encoders import data, predict
-    from spark_jobs.gold.embed import resolve_model
-
     s = built["settings"]
     seqs = _sequences(spark, s)
     local = predict.embed(resolve_model(s), data.from_frame(seqs))
@@ -117,8 +112,6 @@ def test_spark_path_equals_numpy_path(spark, built):
 
 
 def test_rerun_replaces_the_day_and_other_udf_agrees(spark, built):
-    from spark_jobs.gold import embed as job
-
     s = built["settings"]
     before = _gold(spark, s).set_index("user_id").sort_index()
     default = s.encoder.udf
@@ -139,8 +132,6 @@ def test_session_conf_left_as_found(built):
 
 
 def test_training_reads_latest_row_per_user_up_to_as_of(spark, built):
-    from spark_jobs.gold.embed import training_sequences
-
     s = built["settings"]
     pdf, rng = training_sequences(spark, s, as_of=LAST - dt.timedelta(days=1))
     assert rng["as_of"] == (LAST - dt.timedelta(days=1)).isoformat()
@@ -149,9 +140,6 @@ def test_training_reads_latest_row_per_user_up_to_as_of(spark, built):
 
 
 def test_clear_errors(spark, built):
-    from core.errors import InputError, NotBuiltError
-    from spark_jobs.gold import embed as job
-
     s = built["settings"]
     with pytest.raises(NotBuiltError, match="no encoder version 'nope'"):
         job.run(spark, s, version="nope")

@@ -24,6 +24,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+from sklearn.metrics import adjusted_rand_score
+
+from core.settings import load_settings
+from persona.demo.generator import generate
+from persona.profiles.explain import explain_user, render_explanation
+from spark_jobs import delta_io
+from spark_jobs.gold import fuse
+from spark_jobs.schemas import EVENTS, USER_EMBEDDINGS, conform
+from spark_jobs.silver import behaviour
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +51,6 @@ ENV = {
 
 
 def _write_bronze(spark, settings, events: pd.DataFrame) -> None:
-    from spark_jobs import delta_io
-    from spark_jobs.schemas import EVENTS, conform
-
     path = settings.table("bronze.events")
     delta_io.create_if_missing(spark, path, EVENTS, ["event_date"])
     df = (spark.createDataFrame(events)
@@ -55,9 +61,6 @@ def _write_bronze(spark, settings, events: pd.DataFrame) -> None:
 
 
 def _write_embeddings(spark, settings, day: dt.date, users: list[str]) -> None:
-    from spark_jobs import delta_io
-    from spark_jobs.schemas import USER_EMBEDDINGS
-
     rng = np.random.default_rng(SEED)
     emb = rng.normal(size=(len(users), EMB_DIM))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -69,12 +72,6 @@ def _write_embeddings(spark, settings, day: dt.date, users: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def fused(spark, tmp_path_factory):
-    from core.settings import load_settings
-    from persona.demo.generator import generate
-    from spark_jobs import delta_io
-    from spark_jobs.silver import behaviour
-    from spark_jobs.gold import fuse
-
     settings = load_settings(home=tmp_path_factory.mktemp("fuse-generated"), environ=ENV)
     log = generate(users=USERS, days=DAYS, seed=SEED)
     events = log.events.copy()
@@ -102,8 +99,6 @@ def test_segments_recover_the_planted_groups(fused):
     0.95 on the larger logs of docs/fusion.md). 0.6 needs every group to be
     mostly in its own segment(s): a volume split, 2 segments or one group found fail.
     """
-    from sklearn.metrics import adjusted_rand_score
-
     f = fused["frame"]
     g = f["group"].to_numpy()
     seg = f["segment_id"].to_numpy()
@@ -129,8 +124,6 @@ def test_segments_recover_the_planted_groups(fused):
 def test_volume_alone_does_not_decide_the_segment(fused, spark):
     """The activity volume (views_30d) explains little of the segmentation: the share of
     its variance between segments stays small (it was the splitting axis before)."""
-    from spark_jobs.gold import fuse
-
     s, day = fused["settings"], fused["day"]
     b = (fuse.read_inputs(spark, s)[0].where(F.col("as_of_date") == F.lit(day))
          .select("user_id", "views_30d").toPandas().set_index("user_id"))
@@ -145,9 +138,6 @@ def test_explain_names_the_planted_driver_of_a_night_owl(fused, spark):
     """Night owls are planted by one feature, the night share of their sessions: it is the
     top driver of the night owl with the most typical activity (median views_30d among
     them), and among the top three drivers of at least 2 of 3 other night owls."""
-    from persona.profiles.explain import explain_user, render_explanation
-    from spark_jobs.gold import fuse
-
     s, day, f = fused["settings"], fused["day"], fused["frame"]
     owls = sorted(f.index[f["group"] == NIGHT_OWLS])
     b = (fuse.read_inputs(spark, s)[0].where(F.col("as_of_date") == F.lit(day))

@@ -9,9 +9,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
+from sklearn.metrics import adjusted_rand_score
+from typer.testing import CliRunner
 
 from core.errors import InputError, NotBuiltError
+from persona.cli.app import app
+from persona.profiles.explain import explain_user, render_explanation, render_segments, segment_stats
 from persona.profiles.export import export_profiles
 from spark_jobs.gold import fuse, fusion_model, fusion_store
 from spark_jobs.schemas import USER_PROFILES
@@ -111,9 +117,6 @@ def test_pca_explained_variance_matches_numpy_svd(spark, built):
 
 
 def test_reloaded_pipeline_gives_identical_vectors(spark, built):
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.functions import vector_to_array
-
     s = built["settings"]
     fresh = PipelineModel.load(str(s.model_dir("fusion", "v1") / "pipeline"))  # not the process cache
     out = (fresh.transform(fuse.day_input(spark, s, DAY2))
@@ -133,8 +136,6 @@ def test_segments_recover_planted_groups(spark, built):
     0.9. Clearing it means four segments that each match one group up to a handful of
     users; a wrong number of segments or a misplaced split cannot.
     """
-    from sklearn.metrics import adjusted_rand_score
-
     users = built["users"]
     truth = pd.Series(users["group"], index=users["user_id"])
     for day in (DAY1, DAY2):
@@ -177,8 +178,6 @@ def test_refit_writes_a_new_version_with_the_same_segments_for_the_seed(spark, b
 
 
 def test_explain_names_the_planted_driver(spark, built):
-    from persona.profiles.explain import explain_user, render_explanation
-
     e = explain_user(spark, built["settings"], PLANTED_USER, DAY1)
     print(render_explanation(e))
     # The planted user is a browser with one absurd value (20,000 searches in a week): a
@@ -207,8 +206,6 @@ def test_explain_names_the_planted_driver(spark, built):
 
 
 def test_segments_are_described_by_their_planted_drivers(spark, built):
-    from persona.profiles.explain import render_segments, segment_stats
-
     stats = segment_stats(spark, built["settings"], DAY1)
     print(render_segments(stats))
     users = built["users"]
@@ -255,10 +252,6 @@ def test_export_formats(spark, built, tmp_path):
 def test_cli_in_process(spark, built, tmp_path):
     """The commands as registered on the app (the active session is reused); re-running
     a day through `persona fuse` changes nothing but created_timestamp."""
-    from typer.testing import CliRunner
-
-    from persona.cli.app import app
-
     s = built["settings"]
     home = ["--home", str(s.home)]
     runner = CliRunner()

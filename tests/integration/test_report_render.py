@@ -13,7 +13,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from persona.profiles.report import write_report
 from test_fuse_synth import DAY1, DAY2, DRIFTED_FEATURE, fused_home
 
 pytestmark = pytest.mark.integration
@@ -25,8 +27,6 @@ CHART_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44,
 
 @pytest.fixture(scope="module")
 def report(spark, tmp_path_factory):
-    from persona.profiles.report import write_report
-
     built = fused_home(spark, tmp_path_factory)
     out = tmp_path_factory.mktemp("report") / "report.html"
     summary = write_report(spark, built["settings"], out)  # default: the latest day
@@ -34,8 +34,6 @@ def report(spark, tmp_path_factory):
 
 
 def test_report_is_self_contained_with_four_pictures(report):
-    from PIL import Image
-
     summary, path = report
     page = path.read_text()
     assert summary["as_of"] == DAY2.isoformat() and summary["previous"] == DAY1.isoformat()
@@ -68,8 +66,6 @@ def _chromium() -> str:
 
 
 def _screenshot(exe: str, html_path, png_path, profile_dir) -> np.ndarray:
-    from PIL import Image
-
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={profile_dir}", f"--screenshot={png_path}", "--window-size=1200,3000",

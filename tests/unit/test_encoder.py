@@ -10,16 +10,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (below)
 
-from encoders import data, evaluate, predict
+import tensorflow as tf  # noqa: E402
+
+from core.settings import EncoderSettings  # noqa: E402
+from encoders import data, evaluate, predict  # noqa: E402
 from encoders.model import EncoderParams, build  # noqa: E402
 from encoders.train import fit_vocab, next_targets, split_users, to_indices, train  # noqa: E402
+from persona.demo.generator import generate  # noqa: E402
 
 TINY = EncoderParams(embedding_dim=8, hidden_dim=16, epochs=2, batch_size=16, learning_rate=0.01,
                      item_min_count=1, validation_share=0.25, seed=3)
@@ -28,8 +34,6 @@ L = 12
 
 @pytest.fixture(scope="module")
 def events() -> pd.DataFrame:
-    from persona.demo.generator import generate
-
     return generate(80, 3, seed=5).events
 
 
@@ -71,8 +75,6 @@ def test_sequences_from_events_layout():
 
 
 def test_from_arrow_equals_from_frame(seqs):
-    import pyarrow as pa
-
     pdf = pd.DataFrame({"user_id": seqs.user_ids, **{c: list(getattr(seqs, c)) for c in data.ARRAY_COLUMNS}})
     table = pa.Table.from_pandas(pdf, preserve_index=False)
     a, b = data.from_frame(pdf), data.from_arrow(table.to_batches()[0])
@@ -100,8 +102,6 @@ def saved(seqs, tmp_path_factory):
 
 
 def _direct(enc, s: data.Sequences) -> np.ndarray:
-    import tensorflow as tf
-
     return enc.model({k: tf.constant(v) for k, v in s.inputs().items()}, training=False).numpy()
 
 
@@ -173,10 +173,6 @@ def test_model_cached_per_path(saved):
 def test_params_take_names_and_defaults_from_settings():
     """One source of encoder defaults: every EncoderParams knob is a settings.encoder key
     (from_mapping would silently drop one that is not) with the same default."""
-    from dataclasses import asdict
-
-    from core.settings import EncoderSettings
-
     settings = EncoderSettings().model_dump()
     params = asdict(EncoderParams())
     assert set(params) <= set(settings), set(params) - set(settings)

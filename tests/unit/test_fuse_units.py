@@ -4,14 +4,19 @@ preprocessing SQL, driver decomposition, PSI, input checks. Tiny frames only."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
+from pyspark.ml import Pipeline
+from pyspark.ml.feature import PCA, ImputerModel, PCAModel, SQLTransformer
+from pyspark.sql import functions as F
 
 from core.errors import InputError, NotBuiltError
+from core.settings import load_settings
 from persona.profiles.explain import decompose
-from persona.profiles.report import key_features, previous_date, psi
 from persona.profiles.export import check_export_target
+from persona.profiles.report import key_features, previous_date, psi
 from spark_jobs.gold import fuse, fusion_model, fusion_store
 from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS
 
@@ -45,8 +50,6 @@ def test_choose_k(ev, threshold, max_k, expected):
 
 
 def test_preprocess_statement_log1p_fill_and_embedding(spark):
-    from pyspark.ml.feature import SQLTransformer
-
     df = spark.createDataFrame(
         [("a", 0, None, [1.0, 2.0]), ("b", 9, 3, [0.5, -1.0])],
         "user_id string, views_30d long, days_since_last_purchase int, user_emb array<float>",
@@ -65,8 +68,6 @@ def test_preprocess_statement_log1p_fill_and_embedding(spark):
 
 def test_preprocess_statement_relative_counts_are_log_rates(spark):
     """Counts per their base: volume cancels (10x the activity, same rate, same input)."""
-    from pyspark.ml.feature import SQLTransformer
-
     df = spark.createDataFrame(
         [("a", 99, 9, [1.0]), ("b", 999, 99, [2.0]), ("c", 0, 0, [1.0])],
         "user_id string, views_30d long, carts_30d long, user_emb array<float>",
@@ -97,8 +98,6 @@ def test_cluster_components_kaiser_rule():
 
 
 def test_fusion_input_inner_join_keeps_behaviour_timestamp(spark):
-    from pyspark.sql import functions as F
-
     d = dt.date(2024, 1, 2)
     ts = dt.datetime(2024, 1, 2, 23, 59, 59)
     beh = spark.createDataFrame([("a", d, ts), ("b", d, ts)], "user_id string, as_of_date date, event_timestamp timestamp")
@@ -198,10 +197,6 @@ def test_embedding_schema_is_what_fuse_reads():
 
 
 def test_latest_version_per_encoder(tmp_path):
-    import json
-
-    from core.settings import load_settings
-
     settings = load_settings(home=tmp_path, environ={})
     assert fusion_store.latest_version(settings) is None
     for version, encoder in (("v1", "e1"), ("v2", "e2"), ("v10", "e1")):
@@ -225,9 +220,6 @@ def test_block_weights_balance_the_embedding_block():
 
 def test_fitted_parts_are_found_by_type_and_output_not_position(spark):
     """preprocess_model / model_inputs / pca_stage pick their stages by what they are."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import PCA, ImputerModel, PCAModel
-
     df = spark.createDataFrame(
         [(float(i), float(i * i % 7) if i != 2 else None, [1.0, float(i)]) for i in range(1, 7)],
         "a double, b double, user_emb array<float>",
