@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_fuse_synth import DAY1, DAY2, DRIFTED_FEATURE, fused_home
+from tests.support.fusion_data import DAY1, DAY2, DRIFTED_FEATURE, fused_home
 
 pytestmark = pytest.mark.integration
 
