@@ -38,13 +38,13 @@ import json
 import os
 import random
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.support.servers import RedisServer, free_port, redis_executable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -190,36 +190,17 @@ def apply_bench(settings, spark, extra: int) -> None:
 
 
 # ---- helpers --------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def redis_server(workdir: Path):
-    exe = shutil.which("redis-server")
-    if exe is None:
+    """The shared launcher (tests.support.servers): ``(host:port, client)``."""
+    if redis_executable() is None:
         sys.exit("redis-server not found: apt-get install -y redis-server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(200):
+    with RedisServer(workdir / "redis") as server:
+        client = server.client()
         try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}", client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+            yield server.address, client
+        finally:
+            client.close()
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -390,7 +371,7 @@ def bench_http(settings, users: int, reps: int, fast: bool) -> dict:
     """``persona serve`` in a subprocess, one user per request over one keep-alive
     connection: persona's lean server on persona's store (``fast``), else Feast's own
     feature server on Feast's stock Redis store."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PERSONA_HOME=str(settings.home), PERSONA__WAREHOUSE=settings.warehouse_root,
                PERSONA__FEAST__ONLINE_STORE="redis",
                PERSONA__FEAST__REDIS_CONNECTION=settings.feast.redis_connection,

@@ -4,22 +4,14 @@ and real servers (Redis) started on loopback when a test asks for them."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.servers import RedisServer, redis_executable
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -80,30 +72,9 @@ def redis_server(tmp_path_factory):
     Yields ``host:port``. Skips when redis-server is not installed, unless
     PERSONA_REQUIRE_REDIS=1 (CI), where that is a failure.
     """
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if redis_executable() is None:
         if os.environ.get("PERSONA_REQUIRE_REDIS") == "1":
             pytest.fail("redis-server not installed (apt-get install redis-server)")
         pytest.skip("redis-server not installed")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.address

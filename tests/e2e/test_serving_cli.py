@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import feast_data as planted
+
 pytestmark = pytest.mark.e2e
 
 PERSONA = str(Path(sys.executable).with_name("persona"))
@@ -37,11 +39,6 @@ def _run(home, *args, env=None, timeout=900):
 @pytest.fixture(scope="module")
 def home(spark, module_settings):
     """Two snapshots of three users, via the same planting code as the integration test."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-    try:
-        import test_feast as planted
-    finally:
-        sys.path.pop(0)
     for k, users in ((2, ["u1", "u2"]), (3, ["u1", "u2", "u3"])):
         planted.write_snapshot(spark, module_settings, k, users)
     return module_settings.home, planted

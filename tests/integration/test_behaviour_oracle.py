@@ -20,6 +20,7 @@ import pytest
 
 from spark_jobs.silver import behaviour
 from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR
+from tests.support.behaviour_oracle import behaviour_sql
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +85,6 @@ def make_log(users: int = 200, days: int = DAYS, seed: int = 11) -> pd.DataFrame
 
 def oracle_behaviour(events: pd.DataFrame, as_of_days: list[dt.date], settings) -> pd.DataFrame:
     """The features, straight from raw events, one 30-day window per as-of day (DuckDB)."""
-    from bench.behaviour import duckdb_behaviour_sql
-
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     ev = events.copy()
@@ -94,7 +93,7 @@ def oracle_behaviour(events: pd.DataFrame, as_of_days: list[dt.date], settings) 
     ev["quantity"] = ev["quantity"].astype("float")
     con.register("raw", ev)
     con.register("days", pd.DataFrame({"as_of": pd.to_datetime(as_of_days)}))
-    return con.execute(duckdb_behaviour_sql("raw", "days", settings)).df().rename(columns={"as_of": "as_of_date"})
+    return con.execute(behaviour_sql("raw", "days", settings)).df().rename(columns={"as_of": "as_of_date"})
 
 
 def oracle_sequences(events: pd.DataFrame, as_of_days: list[dt.date], length: int) -> pd.DataFrame:

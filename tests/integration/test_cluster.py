@@ -1,13 +1,13 @@
 """Scale-out: the whole pipeline on a real Spark standalone cluster equals the local run.
 
 A master and two single-core workers start from the pyspark installation on 127.0.0.1
-(tests/cluster_fixture.py). The pipeline runs in a separate driver process
-(tests/pipeline_driver.py) with ``spark.master=spark://...``, Redis as the online store,
+(tests/support/cluster.py). The pipeline runs in a separate driver process
+(tests/support/pipeline.py) with ``spark.master=spark://...``, Redis as the online store,
 and executors that can NOT import the project from the source tree: the code reaches
 them only as the archive the session ships (``spark_jobs.session.ship_code``), the
 encoder through ``SparkContext.addFile`` (``spark_jobs.gold.embed.ship_model``).
 
-Compared with the local run (tests/pipeline_driver.py ``baseline``: local[2], SQLite):
+Compared with the local run (tests/support/pipeline.py ``baseline``: local[2], SQLite):
 a content hash per table (sorted rows, compute-time columns dropped, floats to 1e-5),
 and the online features Feast serves for sample users. Then one worker (JVM, executor and
 Python workers) is killed with SIGKILL in the middle of a behaviour backfill: the job
@@ -26,12 +26,13 @@ from pathlib import Path
 import pytest
 
 # tests/ is on sys.path (pytest puts the rootdir conftest's folder there).
-from cluster_fixture import StandaloneCluster
-from pipeline_driver import ALL_STAGES, TEST_ENV, baseline, baseline_dir, table_version, warehouse_hashes
+from tests.support.cluster import StandaloneCluster
+from tests.support import pipeline
+from tests.support.pipeline import ALL_STAGES, TEST_ENV, baseline, baseline_dir, table_version, warehouse_hashes
 
 pytestmark = pytest.mark.integration
 
-DRIVER = Path(__file__).resolve().parent.parent / "pipeline_driver.py"
+DRIVER = Path(pipeline.__file__)  # also a script: a separate driver process
 SILVER = ("silver.user_sequences", "silver.user_behaviour")
 
 

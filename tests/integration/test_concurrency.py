@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_driver import baseline, baseline_dir, make_settings, table_hash
+from tests.support.pipeline import baseline, baseline_dir, make_settings, table_hash
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Faults: a driver killed mid-write, Redis down, a full disk, an unwritable home.
 
-Every case starts from a copy of the session's local pipeline run (tests/pipeline_driver.py
+Every case starts from a copy of the session's local pipeline run (tests/support/pipeline.py
 ``baseline``) and checks what a user would: the command says what is wrong in one line
 and exits non-zero, no table is left half-written (each still reads as its previous
 version, with the same content hash), and the same command succeeds once the cause is
@@ -22,7 +22,6 @@ import datetime as dt
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_driver import (
+from tests.support import pipeline
+from tests.support.servers import RedisServer, redis_executable
+from tests.support.pipeline import (
     SERVICE,
     TEST_ENV,
     baseline,
@@ -44,7 +45,7 @@ from pipeline_driver import (
 
 pytestmark = pytest.mark.integration
 
-DRIVER = Path(__file__).resolve().parent.parent / "pipeline_driver.py"
+DRIVER = Path(pipeline.__file__)  # also a script: a separate driver process
 PERSONA = str(Path(sys.executable).parent / "persona")
 SILVER = ("silver.user_sequences", "silver.user_behaviour")
 
@@ -135,56 +136,18 @@ def test_kill_9_mid_write_leaves_the_previous_version(spark, first, tmp_path):
 
 
 # -------------------------------------------------------------------------- Redis
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """A redis-server this test starts and stops (on the same port each time)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.exe = shutil.which("redis-server")
-        if self.exe is None:
-            if os.environ.get("PERSONA_REQUIRE_REDIS") == "1":
-                pytest.fail("redis-server not installed")
-            pytest.skip("redis-server not installed")
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
 def redis_proc(tmp_path):
-    r = Redis(tmp_path)
+    """A redis-server this test starts and stops (on the same port each time)."""
+    if redis_executable() is None:
+        if os.environ.get("PERSONA_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server not installed")
+        pytest.skip("redis-server not installed")
+    server = RedisServer(tmp_path / "redis")
     try:
-        yield r
+        yield server
     finally:
-        r.stop()
+        server.stop()
 
 
 def test_redis_down_during_materialize_and_get(spark, first, tmp_path, redis_proc):

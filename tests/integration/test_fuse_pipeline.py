@@ -1,4 +1,4 @@
-"""The fusion job on synthetic inputs with planted structure (see test_fuse_synth):
+"""The fusion job on synthetic inputs with planted structure (see tests/support/fusion_data.py):
 real Spark ML, real Delta, the saved model reloaded from disk, the CLI in-process."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from persona.cli.app import app
 from persona.profiles.explain import explain_user, render_explanation, render_segments, segment_stats
 from persona.profiles.export import export_profiles
 from spark_jobs.gold import fuse, fusion_model, fusion_store
-from spark_jobs.schemas import USER_PROFILES
-from test_fuse_synth import (
+from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS, USER_PROFILES
+from tests.support.fusion_data import (
     DAY1,
     DAY2,
     EMB_DIM,
@@ -30,8 +30,10 @@ from test_fuse_synth import (
     PLANTED_DRIVER,
     PLANTED_USER,
     PLANTED_VALUE,
+    day_rows,
     fused_home,
     make_settings,
+    make_users,
 )
 
 pytestmark = pytest.mark.integration
@@ -277,3 +279,16 @@ def test_clear_errors_for_missing_inputs_and_days(spark, built, settings):
         fuse.run_fuse(spark, settings)
     with pytest.raises(InputError, match="available: 2024-03-10 .. 2024-03-11"):
         fuse.run_fuse(spark, built["settings"], as_of="2024-05-01")
+
+
+def test_synthetic_rows_match_the_schemas():
+    """The generator itself: tuples line up with the schemas (a broken generator would
+    make every fusion test meaningless)."""
+    users = make_users(3)
+    b, e = day_rows(users, DAY1, seed=0)
+    assert len(b) == len(e) == 3 * GROUPS
+    assert all(len(r) == len(USER_BEHAVIOUR.fields) for r in b)
+    assert all(len(r) == len(USER_EMBEDDINGS.fields) for r in e)
+    names = [f.name for f in USER_BEHAVIOUR.fields]
+    planted = b[0]
+    assert planted[0] == PLANTED_USER and planted[names.index(PLANTED_DRIVER)] == PLANTED_VALUE

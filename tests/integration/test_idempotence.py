@@ -1,7 +1,7 @@
 """Idempotence across every stage: running a job twice on the same inputs leaves identical
 table content (a hash of the sorted rows without compute-time columns, not a row count).
 
-Starts from a copy of the session's local pipeline run (tests/pipeline_driver.py
+Starts from a copy of the session's local pipeline run (tests/support/pipeline.py
 ``baseline``: ingest, backfill, train, embed, fuse, Feast apply + materialize into SQLite)
 and runs each job again. Each re-run must really rewrite (the table version advances
 where the job replaces partitions) and leave the content unchanged. Training is the one
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_driver import (
+from tests.support.pipeline import (
     SERVICE,
     baseline,
     baseline_dir,

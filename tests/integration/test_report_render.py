@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from persona.profiles.report import write_report
-from test_fuse_synth import DAY1, DAY2, DRIFTED_FEATURE, fused_home
+from tests.support.fusion_data import DAY1, DAY2, DRIFTED_FEATURE, fused_home
 
 pytestmark = pytest.mark.integration
 

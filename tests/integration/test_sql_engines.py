@@ -9,7 +9,7 @@ import shutil
 import sys
 
 import pytest
-from test_sql_support import assert_same_rows, sql_home
+from tests.support.sql_data import assert_same_rows, sql_home
 
 from persona.sql import engines as analytics
 from core.settings import load_settings

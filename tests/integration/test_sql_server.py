@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from test_sql_support import assert_same_rows, sql_home
+from tests.support.sql_data import assert_same_rows, sql_home
 
 from persona.sql import engines as analytics
 from core.settings import load_settings

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyspark
+
+from tests.support.servers import free_port
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 PYTHON = sys.executable
@@ -38,12 +39,6 @@ import sys
 sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
 sys.path[:] = [p for p in sys.path if p != {repo!r}]
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
@@ -211,7 +206,7 @@ class StandaloneCluster:
             blind = self.root / "executor-site"
             blind.mkdir(exist_ok=True)
             (blind / "sitecustomize.py").write_text(
-                _BLIND_SITECUSTOMIZE.format(repo=str(Path(__file__).resolve().parent.parent))
+                _BLIND_SITECUSTOMIZE.format(repo=str(Path(__file__).resolve().parents[2]))
             )
             conf["spark.executorEnv.PYTHONPATH"] = str(blind)
         conf.update(extra_conf or {})

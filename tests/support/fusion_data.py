@@ -1,6 +1,6 @@
 """Synthetic silver.user_behaviour + gold.user_embeddings with planted structure, for the
-fusion and report tests (the real tables are built by other jobs; these keep the tests
-fast and the truth known).
+fusion and report tests: the real tables are built by other jobs; these keep the tests
+fast and the truth known. No tests here (test_fuse_pipeline.py checks the generator).
 
 Planted truth:
 - four user groups in a two-level hierarchy, the shape BisectingKMeans looks for:
@@ -20,8 +20,9 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pytest
 
+from core.settings import load_settings
+from spark_jobs.gold.fuse import run_fuse
 from spark_jobs.schemas import USER_BEHAVIOUR, USER_EMBEDDINGS
 
 DAY1 = dt.date(2024, 3, 10)
@@ -153,36 +154,15 @@ TEST_ENV = {
 
 
 def make_settings(home):
-    from core.settings import load_settings
-
     return load_settings(home=home, environ=TEST_ENV)
 
 
 def fused_home(spark, tmp_path_factory) -> dict:
     """Inputs for DAY1 and DAY2, fused with one fitted version (v1): built once per run."""
     if not _BUILT:
-        from spark_jobs.gold.fuse import run_fuse
-
         settings = make_settings(tmp_path_factory.mktemp("fuse-home"))
         users = write_inputs(spark, settings)
         day1 = run_fuse(spark, settings, as_of=DAY1)
         day2 = run_fuse(spark, settings)  # default: the latest day, applying v1
         _BUILT.update(settings=settings, users=users, day1=day1, day2=day2)
     return _BUILT
-
-
-def test_synthetic_rows_match_the_schemas():
-    """The generator itself: tuples line up with the schemas (a broken generator would
-    make every fusion test meaningless)."""
-    users = make_users(3)
-    b, e = day_rows(users, DAY1, seed=0)
-    assert len(b) == len(e) == 3 * GROUPS
-    assert all(len(r) == len(USER_BEHAVIOUR.fields) for r in b)
-    assert all(len(r) == len(USER_EMBEDDINGS.fields) for r in e)
-    names = [f.name for f in USER_BEHAVIOUR.fields]
-    planted = b[0]
-    assert planted[0] == PLANTED_USER and planted[names.index(PLANTED_DRIVER)] == PLANTED_VALUE
-
-
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__])

@@ -8,7 +8,7 @@ In-process: ``run_stages(spark, settings, input_dir, stages)``.
 As a script (a separate driver process, e.g. one talking to a standalone cluster, or one
 the tests ``kill -9``)::
 
-    python tests/pipeline_driver.py --home H --input DIR --stages ingest,backfill,... \
+    python tests/support/pipeline.py --home H --input DIR --stages ingest,backfill,... \
         [--summary out.json] [--encoder-from OTHER_HOME]
 
 Settings come from the environment as for the CLI (``PERSONA__SPARK__MASTER`` ...).
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
