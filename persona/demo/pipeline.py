@@ -132,7 +132,8 @@ def _stage_show(ctx: DemoContext) -> str:
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from persona.sql import engines as analytics
+    from persona.sql.embedded import embedded_engine
+    from persona.sql.query import run_view
     from persona.serving import store as serving
 
     profiles = ctx.spark.read.format("delta").load(ctx.settings.table("gold.user_profiles"))
@@ -154,8 +155,8 @@ def _stage_show(ctx: DemoContext) -> str:
     out.print(hist.select(*cols).orderBy("user_id", "event_timestamp").limit(6).toPandas().to_string(index=False))
 
     out.rule("analyst SQL: segment_summary (DuckDB, read-only, through SQLAlchemy)")
-    engine = analytics.embedded_engine(ctx.settings)
-    res = analytics.run_view(engine, "segment_summary", limit=8)
+    engine = embedded_engine(ctx.settings)
+    res = run_view(engine, "segment_summary", limit=8)
     frame = pd.DataFrame(res.rows, columns=res.columns)
     keep = [c for c in ("segment_id", "as_of_date", "users", "user_share", "avg_views_30d", "avg_spend_30d",
                         "top_category_1") if c in frame.columns]
