@@ -115,16 +115,16 @@ def _stage_fuse(ctx: DemoContext) -> str:
 
 
 def _stage_apply(ctx: DemoContext) -> str:
-    from persona.serving import store as serving
+    from persona.serving.store import apply
 
-    s = serving.apply(ctx.settings, spark=ctx.spark)
+    s = apply(ctx.settings, spark=ctx.spark)
     return ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (list, dict))) or "applied"
 
 
 def _stage_materialize(ctx: DemoContext) -> str:
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize
 
-    s = serving.materialize(ctx.settings, spark=ctx.spark, show_progress=False)
+    s = materialize(ctx.settings, spark=ctx.spark, show_progress=False)
     return f"{s['rows']} rows into {s['online_store']} in {s['seconds']}s ({s['rows_per_s']} rows/s)"
 
 
@@ -134,14 +134,14 @@ def _stage_show(ctx: DemoContext) -> str:
 
     from persona.sql.embedded import embedded_engine
     from persona.sql.query import run_view
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online, historical
 
     profiles = ctx.spark.read.format("delta").load(ctx.settings.table("gold.user_profiles"))
     end = ctx.facts["end"]
     user = (profiles.where(F.col("as_of_date") == F.lit(end)).orderBy("user_id").select("user_id").first())[0]
 
     out.rule(f"online profile of user {user} (Feast, {ctx.settings.feast.online_store})")
-    row = serving.get_online(ctx.settings, [user], service="ranking_light_v1")[0]
+    row = get_online(ctx.settings, [user], service="ranking_light_v1")[0]
     out.print_json(json.dumps(row, default=str))
 
     out.rule("training set (point in time, Feast Spark offline store)")
@@ -150,7 +150,7 @@ def _stage_show(ctx: DemoContext) -> str:
     # one a week back: a point-in-time join gives each the snapshot it could have seen.
     stamps = [dt.datetime.combine(end + dt.timedelta(days=d), dt.time(6), tzinfo=dt.timezone.utc) for d in (1, 0, -6)]
     entities = pd.DataFrame([(u, t) for u in users for t in stamps], columns=["user_id", "event_timestamp"])
-    hist = serving.historical(ctx.settings, entities, service="ranking_light_v1", spark=ctx.spark)
+    hist = historical(ctx.settings, entities, service="ranking_light_v1", spark=ctx.spark)
     cols = [c for c in hist.columns if c in ("user_id", "event_timestamp", "segment_id", "views_7d", "purchases_30d")]
     out.print(hist.select(*cols).orderBy("user_id", "event_timestamp").limit(6).toPandas().to_string(index=False))
 

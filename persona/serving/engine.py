@@ -35,7 +35,7 @@ from feast.repo_config import FeastConfigBaseModel
 from core.delta_log import is_local_path, plain_parquet_blockers
 from persona.serving.redis_codec import RedisTarget, ViewLayout, redis_target, write_batches
 
-# Set by persona.serving.store.materialize: called as progress(label, done, total) with Spark
+# Set by persona.serving.materialize.materialize: called as progress(label, done, total) with Spark
 # tasks (Redis path) or write batches (Feast path) as the unit.
 PROGRESS: Optional[Callable[[str, int, int], None]] = None
 
@@ -88,7 +88,7 @@ class _Job(MaterializationJob):
         return None
 
 
-# Per-view results of this process's materializations (persona.serving.store clears it per run).
+# Per-view results of this process's materializations (persona.serving.materialize clears it per run).
 LAST_RUN: list[_Job] = []
 
 
