@@ -33,7 +33,8 @@ def generate_cmd(
 
     Ingest the result with `persona ingest OUT/events --format generic`; OUT/truth holds the planted user groups, preferences and the category successor map.
     """
-    from persona.demo.generator import FORMATS, generate, validate_args
+    from persona.demo.generator import generate, validate_args
+    from persona.demo.log_files import FORMATS
     from persona.progress import stage
 
     if users <= 0:
