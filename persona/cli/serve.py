@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from core.dates import parse_when
+from core.errors import InputError
 from persona.cli.app import app, settings, spark
 from persona.progress import console, out, stage
 
@@ -36,7 +38,7 @@ def apply_cmd(
     Also writes <home>/feast/feature_store.yaml, so `feast -c feature_repo -f <that file>`
     (e.g. `feast ui`) sees the same store.
     """
-    from persona.serving.store import apply
+    from persona.serving.store import apply  # deferred: Spark and Feast
 
     with stage("feast apply"):
         summary = apply(settings(), spark())
@@ -63,7 +65,7 @@ def materialize_cmd(
     Without --start each view continues where its last run ended (a first run starts one
     ttl before the newest snapshot); with --start/--end exactly that window is loaded.
     """
-    from persona.serving.materialize import materialize
+    from persona.serving.materialize import materialize  # deferred: Spark and Feast
 
     s = settings()
     start_ts = parse_when(start)
@@ -91,7 +93,7 @@ def get_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per user (one per line)."),
 ) -> None:
     """Print the online features of users (Feast SDK). Unknown users get nulls and a note."""
-    from persona.serving.lookup import get_online, missing
+    from persona.serving.lookup import get_online, missing  # deferred: Feast
 
     rows = get_online(settings(), users, service)
     for row in rows:
@@ -128,7 +130,7 @@ def serve_cmd(
     persona's lean server by default (settings feast.server: persona); feast.server: feast
     runs Feast's own FastAPI server instead.
     """
-    from persona.serving.http import serve
+    from persona.serving.http import serve  # deferred: Feast
 
     s = settings()
     p = port or s.feast.server_port
@@ -146,11 +148,9 @@ def training_set_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Point-in-time correct training set: each entity row gets the latest snapshot at or before its timestamp (within ttl)."""
-    from pathlib import Path
-
+    # deferred: Spark and Feast
     from persona.serving.lookup import training_set
     from persona.serving.store import require_registry
-    from core.errors import InputError
 
     if not Path(entities).exists():  # before paying for a Spark session
         raise InputError(f"entity file not found: {entities}")

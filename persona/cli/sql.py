@@ -16,9 +16,11 @@ from enum import Enum
 from typing import List, Optional
 
 import typer
+from rich.table import Table
 
-from persona.cli.app import app, settings
 from core.errors import InputError, ServiceError
+from persona.cli.app import app, settings
+from persona.progress import console, out, stage
 
 TABLE_ROWS = 200  # the terminal table shows this many rows unless --limit says otherwise
 
@@ -40,8 +42,7 @@ def _pairs(items: List[str], what: str) -> dict[str, str]:
 
 
 def _print(result, fmt: Format, truncated: bool) -> None:
-    from persona.sql.query import jsonable
-    from persona.progress import console, out
+    from persona.sql.query import jsonable  # deferred: sqlglot, DuckDB, SQLAlchemy
 
     if fmt is Format.json:
         sys.stdout.write(json.dumps([jsonable(r) for r in result.records()], indent=None) + "\n")
@@ -53,8 +54,6 @@ def _print(result, fmt: Format, truncated: bool) -> None:
             writer.writerow([json.dumps(jsonable(v)) if isinstance(v, (list, dict)) else
                              ("" if v is None else jsonable(v)) for v in row])
         return
-    from rich.table import Table
-
     table = Table(show_lines=False, header_style="bold")
     for col in result.columns:
         table.add_column(col, overflow="fold")
@@ -105,6 +104,7 @@ def sql(
 
     persona sql --view funnel_daily --url hive://127.0.0.1:10000/default
     """
+    # deferred: sqlglot, DuckDB, SQLAlchemy (keeps `persona --help` fast)
     from persona.sql.catalogue import catalogue, translate_from
     from persona.sql.query import Result, dialect_of, engine_for, run_query, run_view
 
@@ -155,8 +155,7 @@ def sql_server(
 
     Connect with beeline (jdbc:hive2://HOST:PORT/default), any HiveServer2 client, or SQLAlchemy/PyHive: persona sql --url hive://HOST:PORT/default --view segment_summary
     """  # noqa: E501 - typer re-wraps the text; hard line breaks would show
-    from persona.sql.thrift import server_failure, start_thrift_server
-    from persona.progress import console, stage
+    from persona.sql.thrift import server_failure, start_thrift_server  # deferred: Spark
 
     s = settings()
     host = host or s.sql.thrift_host

@@ -17,7 +17,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pandas as pd
+from pyspark.sql import functions as F
+
+from core.errors import NotBuiltError
+from persona.demo.generator import generate
 from persona.progress import bar, console, out, stage
+from persona.serving.lookup import get_online, historical
+from persona.serving.materialize import materialize
+from persona.serving.store import apply
+from persona.sql.embedded import embedded_engine
+from persona.sql.query import run_view
+from spark_jobs.bronze.ingest import run_ingest
+from spark_jobs.gold import embed
+from spark_jobs.gold.fuse import run_fuse
+from spark_jobs.silver.behaviour import latest_complete_day, run_backfill
 
 
 @dataclass
@@ -39,8 +53,6 @@ class DemoContext:
 
 
 def _stage_generate(ctx: DemoContext) -> str:
-    from persona.demo.generator import generate
-
     o = ctx.options
     target = ctx.settings.home.resolve() / "demo-input"
     marker = target / "params.json"
@@ -56,16 +68,12 @@ def _stage_generate(ctx: DemoContext) -> str:
 
 
 def _stage_ingest(ctx: DemoContext) -> str:
-    from spark_jobs.bronze.ingest import run_ingest
-
     s = run_ingest(ctx.spark, ctx.settings, str(ctx.facts["input"]), "generic")
     return (f"read {s['read']:,}, new {s['accepted']:,}, duplicates skipped {s['duplicates_skipped']:,}, "
             f"quarantined {s['quarantined']:,}")
 
 
 def _stage_backfill(ctx: DemoContext) -> str:
-    from spark_jobs.silver.behaviour import latest_complete_day, run_backfill
-
     end = latest_complete_day(ctx.spark, ctx.settings)
     start = end - dt.timedelta(days=ctx.options.backfill_days - 1)
     ctx.facts.update(start=start, end=end)
@@ -80,30 +88,23 @@ def _stage_backfill(ctx: DemoContext) -> str:
 
 
 def _stage_train(ctx: DemoContext) -> str:
-    from core.errors import NotBuiltError
-    from spark_jobs.gold.embed import resolve_model, train
-
     if not ctx.options.retrain:
         try:
-            path = resolve_model(ctx.settings)
+            path = embed.resolve_model(ctx.settings)
             return f"reusing encoder {path.name} (--retrain to fit a new version)"
         except NotBuiltError:
             pass
-    s = train(ctx.spark, ctx.settings, as_of=ctx.facts["end"])
+    s = embed.train(ctx.spark, ctx.settings, as_of=ctx.facts["end"])
     keys = ("hr@10", "ndcg@10", "hr@10_popularity", "hr@10_user_top")
     return f"encoder {s['encoder_version']} on {s['users']:,} users: " + ", ".join(f"{k} {s[k]}" for k in keys if k in s)
 
 
 def _stage_embed(ctx: DemoContext) -> str:
-    from spark_jobs.gold.embed import run
-
-    s = run(ctx.spark, ctx.settings, start=ctx.facts["start"], end=ctx.facts["end"])
+    s = embed.run(ctx.spark, ctx.settings, start=ctx.facts["start"], end=ctx.facts["end"])
     return f"{s['rows']:,} embeddings {s['start']} .. {s['end']} with encoder {s['encoder_version']}"
 
 
 def _stage_fuse(ctx: DemoContext) -> str:
-    from spark_jobs.gold.fuse import run_fuse
-
     end = ctx.facts["end"]
     lines = []
     # The previous day too, so the report can show drift between two as-of days.
@@ -115,27 +116,16 @@ def _stage_fuse(ctx: DemoContext) -> str:
 
 
 def _stage_apply(ctx: DemoContext) -> str:
-    from persona.serving.store import apply
-
     s = apply(ctx.settings, spark=ctx.spark)
     return ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (list, dict))) or "applied"
 
 
 def _stage_materialize(ctx: DemoContext) -> str:
-    from persona.serving.materialize import materialize
-
     s = materialize(ctx.settings, spark=ctx.spark, show_progress=False)
     return f"{s['rows']} rows into {s['online_store']} in {s['seconds']}s ({s['rows_per_s']} rows/s)"
 
 
 def _stage_show(ctx: DemoContext) -> str:
-    import pandas as pd
-    from pyspark.sql import functions as F
-
-    from persona.sql.embedded import embedded_engine
-    from persona.sql.query import run_view
-    from persona.serving.lookup import get_online, historical
-
     profiles = ctx.spark.read.format("delta").load(ctx.settings.table("gold.user_profiles"))
     end = ctx.facts["end"]
     user = (profiles.where(F.col("as_of_date") == F.lit(end)).orderBy("user_id").select("user_id").first())[0]

@@ -28,10 +28,12 @@ import struct
 import threading
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
+import hiredis
 from feast import utils
+from feast.feature_service import FeatureService
 from feast.infra.online_stores.helpers import _mmh3
-from feast.infra.online_stores.redis import RedisClient, RedisOnlineStore, RedisOnlineStoreConfig
-from feast.online_response import OnlineResponse
+from feast.infra.online_stores.redis import RedisClient, RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.online_response import TIMESTAMP_POSTFIX, OnlineResponse
 
 from persona.serving.wire import (
     KIND,
@@ -76,8 +78,6 @@ class PersonaOnlineResponse(OnlineResponse):
         self.__dict__["proto"] = value
 
     def to_dict(self, include_event_timestamps: bool = False) -> Dict[str, Any]:
-        from feast.online_response import TIMESTAMP_POSTFIX
-
         raw = None if include_event_timestamps else self._raw
         # Without timestamps, and with the features not merged into the proto yet, the
         # proto holds just the join keys; the features follow in the order they would.
@@ -307,8 +307,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
         return named
 
     def _hmget_all(self, config, plan: _Plan) -> List[List[Optional[bytes]]]:
-        from feast.infra.online_stores.redis import RedisType
-
         client = self._get_client(config.online_store)
         if config.online_store.redis_type == RedisType.redis_cluster:
             fields = _fields_of(plan)
@@ -333,8 +331,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
                                           entity_name_to_join_key_map, online_features_response,
                                           full_feature_names: bool,
                                           include_feature_view_version_metadata: bool) -> None:
-        from feast.infra.online_stores.redis import RedisType
-
         plan = None if include_feature_view_version_metadata else self._plan(
             config, grouped_refs, join_key_values, entity_name_to_join_key_map)
         if plan is None or config.online_store.redis_type == RedisType.redis_cluster:
@@ -361,8 +357,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
 def _plain_views(features) -> Optional[set]:
     """Names of the views a request reads (a feature service's projections, or the
     ``view:feature`` prefixes), or None when that cannot be told."""
-    from feast.feature_service import FeatureService
-
     if isinstance(features, FeatureService):
         return {p.name_to_use() for p in features.feature_view_projections}
     if isinstance(features, (list, tuple)) and all(isinstance(f, str) and ":" in f for f in features):
@@ -372,8 +366,6 @@ def _plain_views(features) -> Optional[set]:
 
 def _fields_of(plan: _Plan) -> List[bytes]:
     """The HMGET field names of a plan (decoded back from the packed blob)."""
-    import hiredis
-
     reader = hiredis.Reader()
     reader.feed(b"*%d\r\n" % plan.n_fields + plan.fields_blob)
     return reader.gets()

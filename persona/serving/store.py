@@ -208,7 +208,8 @@ def _service_error(settings: "Settings", exc: BaseException) -> PersonaError | N
 @contextlib.contextmanager
 def user_errors(settings: "Settings") -> Iterator[None]:
     """Turn service outages and missing registries into one-line persona errors."""
-    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException  # deferred: Feast
+    # deferred: Feast
+    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
 
     try:
         yield
@@ -282,7 +283,8 @@ def load_declarations(settings: "Settings") -> list:
     Executed fresh each time (not imported), so two homes in one process never share a
     cached module with the other's paths.
     """
-    from feast import Entity, FeatureService, FeatureView  # deferred: Feast
+    # deferred: Feast
+    from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
 
     _quiet_feast()
