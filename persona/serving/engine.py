@@ -9,12 +9,14 @@ Feast drives it like any engine (``batch_engine: {type: persona.serving.engine.P
 registry. The offline query is Feast's own (``pull_latest_from_table_or_query``: latest
 row per user in the window, ties broken by ``created_timestamp``); the Spark executors
 then encode each Arrow batch column-wise into Redis ``HSET`` commands
-(``persona/feast_codec.py``) and stream them through one pipelined connection per
-partition. On a local master the driver writes instead, and reads the same selection
-with delta-rs + pyarrow (``read_with``; local Delta tables without deletion vectors or
-column mapping), because Spark's fixed cost per query was most of a materialization. Why: Feast's engines build one protobuf object per value in Python and read
-every key's timestamp before writing it (about 2.6k users/s here). SQLite and other
-stores go through Feast's standard conversion and ``online_write_batch`` on the driver.
+(``persona/serving/redis_codec.py``) and stream them through one pipelined connection
+per partition. On a local master the driver writes instead, and reads the same
+selection with delta-rs + pyarrow (``read_with``; local Delta tables without deletion
+vectors or column mapping), because Spark's fixed cost per query was most of a
+materialization. Why: Feast's engines build one protobuf object per value in Python
+and read every key's timestamp before writing it (about 2.6k users/s here). SQLite and
+other stores go through Feast's standard conversion and ``online_write_batch`` on the
+driver.
 """
 
 from __future__ import annotations

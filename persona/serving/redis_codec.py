@@ -1,5 +1,5 @@
 """Feast's online (Redis) format, encoded column-wise from Arrow: the executor half of
-persona's materialization engine (``persona/feast_engine.py`` is the driver half).
+persona's materialization engine (``persona/serving/engine.py`` is the driver half).
 
 Input: Arrow record batches of one feature view (join key, features, event timestamp).
 Output: Redis protocol ``HSET`` commands, one per row, byte-for-byte what Feast's
