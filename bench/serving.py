@@ -155,9 +155,9 @@ def bench_objects(settings, extra: int) -> tuple[list, list]:
     from feast.table_format import DeltaFormat
     from feast.types import Float64, Int64
 
-    from persona.serving import store as serving
+    from persona.serving.store import load_declarations
 
-    objects = serving.load_declarations(settings)
+    objects = load_declarations(settings)
     by_name = {(type(o).__name__, o.name): o for o in objects}
     views = [by_name[("FeatureView", n)] for n in ("user_behaviour", "user_embedding", "user_profile")]
     if not extra:
@@ -177,16 +177,16 @@ def bench_objects(settings, extra: int) -> tuple[list, list]:
 
 def apply_bench(settings, spark, extra: int) -> None:
     """``persona apply``, then the synthetic view and the widened recommender_v1."""
-    from persona.serving import store as serving
+    from persona.serving.store import _STORES, apply, feast_spark, get_store
 
-    serving.apply(settings, spark)
+    apply(settings, spark)
     if extra:
         objects, _ = bench_objects(settings, extra)
-        store = serving.get_store(settings, fresh=True)
-        with serving._feast_spark(spark):
+        store = get_store(settings, fresh=True)
+        with feast_spark(spark):
             store.apply([o for o in objects if getattr(o, "name", "") in
                          ("bench_extra_source", EXTRA_VIEW, "recommender_v1")])
-        serving._STORES.clear()
+        _STORES.clear()
 
 
 # ---- helpers --------------------------------------------------------------------------
@@ -237,21 +237,22 @@ def stock_store(settings, **overrides):
     """A FeatureStore on the same registry with Feast's own components (no persona code)."""
     from feast import FeatureStore, RepoConfig
 
-    from persona.serving import store as serving
+    from persona.serving.store import REPO_DIR, config_dict
 
-    cfg = serving.config_dict(settings)
+    cfg = config_dict(settings)
     cfg["online_store"]["type"] = "redis"
     cfg["online_store"]["skip_dedup"] = overrides.pop("skip_dedup", False)
     cfg["batch_engine"] = overrides.pop("batch_engine", {"type": "local"})
     cfg.update(overrides)
-    return FeatureStore(repo_path=str(serving.REPO_DIR), config=RepoConfig(repo_path=serving.REPO_DIR, **cfg))
+    return FeatureStore(repo_path=str(REPO_DIR), config=RepoConfig(repo_path=REPO_DIR, **cfg))
 
 
 # ---- the measurements -----------------------------------------------------------------
 def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rclient, users: int,
                       last_day: dt.date, feast_default: bool, extra: int = 0) -> dict:
     """One daily snapshot (the latest as_of_date) into Redis, four ways."""
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize
+    from persona.serving.store import feast_spark, get_store
     from persona.serving.redis_codec import hset_mappings
 
     start = dt.datetime.combine(last_day, dt.time(), tzinfo=dt.timezone.utc)
@@ -267,9 +268,9 @@ def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rc
     s = fresh("home-persona")
     # Warm-up (untimed): the first Spark queries of a session pay for JIT and Delta log
     # caches, which would otherwise land on whichever contender runs first.
-    serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    materialize(s, start=start, end=end, spark=spark, show_progress=False)
     rclient.flushall()
-    summary = serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    summary = materialize(s, start=start, end=end, spark=spark, show_progress=False)
     assert summary["views"]["user_behaviour"] == users, summary
     res["materialize_s"] = summary["seconds"]
     res["materialize_rows_per_s"] = round(users / summary["seconds"], 1)
@@ -277,13 +278,13 @@ def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rc
 
     # Raw Redis: the very keys and bytes persona just wrote, one HSET per user of all
     # fields, pipelined 1000 at a time from one Python process; bytes precomputed.
-    store = serving.get_store(s)
+    store = get_store(s)
     merged: dict[bytes, dict] = {}
     engine = store._get_provider().batch_engine
     for fv in store.list_feature_views():
         job, join_keys = engine._offline_job(store.registry, _task(store, fv, start, end))
         layout = engine._layout(fv, join_keys)
-        with serving._feast_spark(spark):
+        with feast_spark(spark):
             table = job.to_spark_df().toArrow()
         for key, mapping in hset_mappings(table, layout):
             merged.setdefault(key, {}).update(mapping)
@@ -307,7 +308,7 @@ def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rc
     st = stock_store(s2, skip_dedup=True, batch_engine={"type": "spark.engine", "partitions": 2},
                      materialization={"online_write_batch_size": 1000})
     t = time.perf_counter()
-    with serving._feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
+    with feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
         st.materialize(start, end)
     secs = time.perf_counter() - t
     res["feast_spark_engine_rows_per_s"] = round(users / secs, 1)
@@ -317,14 +318,14 @@ def bench_materialize(spark, warehouse_settings, work: Path, redis_conn: str, rc
         s3 = fresh("home-feast-default")
         st = stock_store(s3)
         t = time.perf_counter()
-        with serving._feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
+        with feast_spark(spark), contextlib.redirect_stdout(sys.stderr):
             st.materialize(start, end)
         secs = time.perf_counter() - t
         res["feast_default_rows_per_s"] = round(users / secs, 1)
         log(f"feast defaults (local engine, stock redis): {secs:.1f}s")
     # Leave persona's data in Redis for the online benchmarks.
     rclient.flushall()
-    serving.materialize(s, start=start, end=end, spark=spark, show_progress=False)
+    materialize(s, start=start, end=end, spark=spark, show_progress=False)
     return res, s
 
 
@@ -335,12 +336,12 @@ def _task(store, fv, start, end):
 
 
 def bench_online(settings, rclient, users: int, reps1: int, reps100: int) -> dict:
-    from persona.serving import store as serving
+    from persona.serving.store import get_store
 
     res: dict = {}
     ids = [f"u{i:07d}" for i in range(users)]
     rnd = random.Random(1)
-    ours = serving.get_store(settings)
+    ours = get_store(settings)
     stock = stock_store(settings)
     for name, store in (("", ours), ("feast_default_", stock)):
         fs = store.get_feature_service("recommender_v1")
@@ -414,7 +415,8 @@ def bench_historical(spark, settings, users: int, days: int, rows: int, last_day
                      extra: int = 0) -> dict:
     import pandas as pd
 
-    from persona.serving import store as serving
+    from persona.serving.lookup import historical
+    from persona.serving.store import feast_spark
 
     rnd = random.Random(3)
     first = dt.datetime.combine(last_day - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.timezone.utc)
@@ -427,8 +429,8 @@ def bench_historical(spark, settings, users: int, days: int, rows: int, last_day
     sdf = spark.createDataFrame(entity)
     sdf.cache().count()
     t = time.perf_counter()
-    df = serving.historical(settings, sdf, spark=spark)
-    with serving._feast_spark(spark):
+    df = historical(settings, sdf, spark=spark)
+    with feast_spark(spark):
         df.write.format("noop").mode("overwrite").save()
     res["historical_s_100k"] = round(time.perf_counter() - t, 2)
     sdf.unpersist()
@@ -516,12 +518,12 @@ def main(argv: list[str] | None = None) -> dict:
         synth_tables(spark, base, users, days, last_day, extra=args.extra_features)
         log(f"tables: {users} users x {days} days in {time.perf_counter() - t:.1f}s")
         with redis_server(work) as (conn, rclient):
-            from persona.serving import store as serving
+            from persona.serving.store import get_store
 
             mat, s = bench_materialize(spark, base, work, conn, rclient, users, last_day,
                                        feast_default=not args.no_feast_default, extra=args.extra_features)
             result.update(mat)
-            fs = serving.get_store(s).get_feature_service("recommender_v1")
+            fs = get_store(s).get_feature_service("recommender_v1")
             result["features"] = sum(len(p.features) for p in fs.feature_view_projections)
             result.update(bench_online(s, rclient, users, reps1, reps100))
             result.update(bench_http(s, users, reps1, fast=True))

@@ -69,7 +69,7 @@ def _reference_connection(settings, views):
     without removed-but-not-vacuumed files, which holds for freshly written ones."""
     import duckdb
 
-    from persona.sql import engines as analytics
+    from persona.sql.catalogue import get_view
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
@@ -82,7 +82,7 @@ def _reference_connection(settings, views):
             f"hive_partitioning = true, hive_types = {{'{part}': 'DATE'}})"
         )
     for v in views:
-        con.execute(f"create view {v} as {analytics.get_view(v).translated('duckdb')}")
+        con.execute(f"create view {v} as {get_view(v).translated('duckdb')}")
     return con
 
 
@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     own_home = args.home is None
     home = Path(args.home or tempfile.mkdtemp(prefix="persona-bench-sql-"))
 
-    from persona.sql import engines as analytics
+    from persona.sql.catalogue import catalogue
+    from persona.sql.embedded import embedded_engine
+    from persona.sql.query import engine_for, run_query
+    from persona.sql.thrift import free_port, start_thrift_server
     from core.settings import load_settings
 
     settings = load_settings(home=home, environ={
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "PERSONA__SPARK__DRIVER_MEMORY": "4g",
         "PERSONA__SPARK__SHUFFLE_PARTITIONS": "8",
     })
-    views = sorted(analytics.catalogue())
+    views = sorted(catalogue())
     info: dict = {
         "users": users, "days": args.days, "events_per_user": args.events_per_user,
         "repeat": repeat, "thrift_repeat": thrift_repeat, "cpus": os.cpu_count(),
@@ -138,10 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         # embedded (includes building the DuckDB catalog once; reported separately)
         t = time.perf_counter()
-        engine = analytics.embedded_engine(settings)
+        engine = embedded_engine(settings)
         info["embedded_catalog_build_s"] = round(time.perf_counter() - t, 3)
         for v, shape, sql, params in _queries(views):
-            times, rows = _time(lambda: len(analytics.run_query(engine, sql, params).rows), repeat, 1)
+            times, rows = _time(lambda: len(run_query(engine, sql, params).rows), repeat, 1)
             results[(v, shape)].update(rows=rows, embedded_s=statistics.median(times))
             print(f"embedded {v} {shape}: {statistics.median(times):.3f}s", file=sys.stderr)
         engine.dispose()
@@ -157,16 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
 
         if not args.no_thrift:
             t = time.perf_counter()
-            server = analytics.start_thrift_server(settings, port=analytics.free_port(),
-                                                   workdir=home / "sql-server")
+            server = start_thrift_server(settings, port=free_port(),
+                                         workdir=home / "sql-server")
             info["thrift_start_s"] = round(time.perf_counter() - t, 1)
             try:
-                hive = analytics.engine_for(settings, server.url)
+                hive = engine_for(settings, server.url)
                 for v, shape, sql, params in _queries(views):
                     first = time.perf_counter()
-                    rows = len(analytics.run_query(hive, sql, params).rows)
+                    rows = len(run_query(hive, sql, params).rows)
                     first = time.perf_counter() - first
-                    times, rows = _time(lambda: len(analytics.run_query(hive, sql, params).rows), thrift_repeat, 0)
+                    times, rows = _time(lambda: len(run_query(hive, sql, params).rows), thrift_repeat, 0)
                     assert rows == results[(v, shape)]["rows"], (v, shape, rows)
                     results[(v, shape)].update(thrift_first_s=first, thrift_s=statistics.median(times))
                     print(f"thrift {v} {shape}: first {first:.2f}s, median {statistics.median(times):.2f}s",

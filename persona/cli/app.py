@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
-from core.settings import ConfigError, Settings, load_settings
 from core.errors import PersonaError
 from core.fs import writable_dir
+from core.settings import ConfigError, Settings, load_settings
+from spark_jobs.jars import JarsMissing
+from spark_jobs.session import get_spark
 
 app = typer.Typer(
     name="persona",
@@ -77,8 +80,6 @@ def check_home(s: Settings) -> None:
 
 def spark():
     """The session for the current settings (built on first use)."""
-    from spark_jobs.session import get_spark
-
     check_home(state.settings)
     return get_spark(state.settings)
 
@@ -133,8 +134,6 @@ def _one_line(exc: BaseException) -> str:
 
 def main() -> None:
     """Console entry point: user errors become one line and an exit code."""
-    from spark_jobs.jars import JarsMissing
-
     try:
         app(standalone_mode=False)
     except SystemExit:
@@ -148,8 +147,6 @@ def main() -> None:
         print("aborted", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from core.errors import InputError
 from persona.cli.app import app, settings, spark
 
 
@@ -18,8 +19,7 @@ def demo(
     """Generate -> ingest -> backfill -> train encoder -> embed -> fuse -> Feast apply ->
     materialize, then print one user's online profile, a training set and an analyst SQL
     result. Safe to re-run: every stage is idempotent."""
-    from core.errors import InputError
-    from persona.demo.pipeline import DemoOptions, run_demo
+    from persona.demo.pipeline import DemoOptions, run_demo  # deferred: Spark, Feast, TensorFlow
 
     if users <= 0 or days <= 0 or not 1 <= backfill_days <= days:
         raise InputError("need users > 0, days > 0 and 1 <= backfill-days <= days")

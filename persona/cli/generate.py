@@ -12,9 +12,10 @@ from pathlib import Path
 
 import typer
 
-from persona.cli.app import app
 from core.dates import parse_date
 from core.errors import InputError
+from persona.cli.app import app
+from persona.progress import stage
 
 
 @app.command("generate")
@@ -33,8 +34,9 @@ def generate_cmd(
 
     Ingest the result with `persona ingest OUT/events --format generic`; OUT/truth holds the planted user groups, preferences and the category successor map.
     """
-    from persona.demo.generator import FORMATS, generate, validate_args
-    from persona.progress import stage
+    # deferred: numpy, pandas and pyarrow
+    from persona.demo.generator import generate, validate_args
+    from persona.demo.log_files import FORMATS
 
     if users <= 0:
         raise InputError(f"--users must be > 0, got {users}")

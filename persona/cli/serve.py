@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from core.dates import parse_when
+from core.errors import InputError
 from persona.cli.app import app, settings, spark
 from persona.progress import console, out, stage
 
@@ -36,10 +38,10 @@ def apply_cmd(
     Also writes <home>/feast/feature_store.yaml, so `feast -c feature_repo -f <that file>`
     (e.g. `feast ui`) sees the same store.
     """
-    from persona.serving import store as serving
+    from persona.serving.store import apply  # deferred: Spark and Feast
 
     with stage("feast apply"):
-        summary = serving.apply(settings(), spark())
+        summary = apply(settings(), spark())
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -63,14 +65,14 @@ def materialize_cmd(
     Without --start each view continues where its last run ended (a first run starts one
     ttl before the newest snapshot); with --start/--end exactly that window is loaded.
     """
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize  # deferred: Spark and Feast
 
     s = settings()
     start_ts = parse_when(start)
     end_ts = parse_when(end, end_of_day=True)
     with stage(f"materialize into {s.feast.online_store}"):
-        summary = serving.materialize(s, start_ts, end_ts, spark(), views=views or None,
-                                      show_progress=not as_json)
+        summary = materialize(s, start_ts, end_ts, spark(), views=views or None,
+                              show_progress=not as_json)
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -91,11 +93,11 @@ def get_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per user (one per line)."),
 ) -> None:
     """Print the online features of users (Feast SDK). Unknown users get nulls and a note."""
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online, missing  # deferred: Feast
 
-    rows = serving.get_online(settings(), users, service)
+    rows = get_online(settings(), users, service)
     for row in rows:
-        if serving.missing(row):
+        if missing(row):
             console.print(f"[yellow]note:[/] no online features for user {row['user_id']!r} "
                           "(unknown user, or not materialized yet): values are null")
     if as_json:
@@ -128,14 +130,14 @@ def serve_cmd(
     persona's lean server by default (settings feast.server: persona); feast.server: feast
     runs Feast's own FastAPI server instead.
     """
-    from persona.serving import store as serving
+    from persona.serving.http import serve  # deferred: Feast
 
     s = settings()
     p = port or s.feast.server_port
     console.print(f"feature server on http://{s.feast.server_host}:{p} "
                   "(POST /get-online-features {\"feature_service\": \"recommender_v1\", "
                   "\"entities\": {\"user_id\": [...]}}); Ctrl-C stops it")
-    serving.serve(s, port=p)
+    serve(s, port=p)
 
 
 @app.command("training-set")
@@ -146,16 +148,15 @@ def training_set_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Point-in-time correct training set: each entity row gets the latest snapshot at or before its timestamp (within ttl)."""
-    from pathlib import Path
-
-    from persona.serving import store as serving
-    from core.errors import InputError
+    # deferred: Spark and Feast
+    from persona.serving.lookup import training_set
+    from persona.serving.store import require_registry
 
     if not Path(entities).exists():  # before paying for a Spark session
         raise InputError(f"entity file not found: {entities}")
-    serving.require_registry(settings())
+    require_registry(settings())
     with stage(f"training set for {entities}"):
-        summary = serving.training_set(settings(), entities, out_path, service, spark())
+        summary = training_set(settings(), entities, out_path, service, spark())
     if as_json:
         out.print_json(json.dumps(summary))
         return

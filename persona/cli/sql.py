@@ -16,9 +16,11 @@ from enum import Enum
 from typing import List, Optional
 
 import typer
+from rich.table import Table
 
-from persona.cli.app import app, settings
 from core.errors import InputError, ServiceError
+from persona.cli.app import app, settings
+from persona.progress import console, out, stage
 
 TABLE_ROWS = 200  # the terminal table shows this many rows unless --limit says otherwise
 
@@ -40,26 +42,23 @@ def _pairs(items: List[str], what: str) -> dict[str, str]:
 
 
 def _print(result, fmt: Format, truncated: bool) -> None:
-    from persona.sql import engines as analytics
-    from persona.progress import console, out
+    from persona.sql.query import jsonable  # deferred: sqlglot, DuckDB, SQLAlchemy
 
     if fmt is Format.json:
-        sys.stdout.write(json.dumps([analytics.jsonable(r) for r in result.records()], indent=None) + "\n")
+        sys.stdout.write(json.dumps([jsonable(r) for r in result.records()], indent=None) + "\n")
         return
     if fmt is Format.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
         for row in result.rows:
-            writer.writerow([json.dumps(analytics.jsonable(v)) if isinstance(v, (list, dict)) else
-                             ("" if v is None else analytics.jsonable(v)) for v in row])
+            writer.writerow([json.dumps(jsonable(v)) if isinstance(v, (list, dict)) else
+                             ("" if v is None else jsonable(v)) for v in row])
         return
-    from rich.table import Table
-
     table = Table(show_lines=False, header_style="bold")
     for col in result.columns:
         table.add_column(col, overflow="fold")
     for row in result.rows:
-        table.add_row(*[_cell(analytics.jsonable(v)) for v in row])
+        table.add_row(*[_cell(jsonable(v)) for v in row])
     out.print(table)
     more = f" (first {len(result.rows)}; use --limit or --format csv for more)" if truncated else ""
     console.print(f"{len(result.rows)} rows in {result.seconds:.2f}s{more}")
@@ -105,16 +104,18 @@ def sql(
 
     persona sql --view funnel_daily --url hive://127.0.0.1:10000/default
     """
-    from persona.sql import engines as analytics
+    # deferred: sqlglot, DuckDB, SQLAlchemy (keeps `persona --help` fast)
+    from persona.sql.catalogue import catalogue, translate_from
+    from persona.sql.query import Result, dialect_of, engine_for, run_query, run_view
 
     if list_views:
-        views = analytics.catalogue()
+        views = catalogue()
         if fmt is Format.json:
             sys.stdout.write(json.dumps([{"name": v.name, "grain": v.grain, "tables": list(v.tables),
                                           "description": v.description} for v in views.values()]) + "\n")
             return
         rows = [(v.name, v.grain, ", ".join(v.tables)) for v in views.values()]
-        _print(analytics.Result(["view", "grain", "reads"], rows, 0.0), fmt, False)
+        _print(Result(["view", "grain", "reads"], rows, 0.0), fmt, False)
         return
     if (query is None) == (view is None):
         raise InputError("give either a QUERY or --view NAME (or --list)")
@@ -123,18 +124,18 @@ def sql(
     if param and view is not None:
         raise InputError("--param applies to a QUERY; for --view use --filter COLUMN=VALUE")
 
-    engine = analytics.engine_for(settings(), url)
+    engine = engine_for(settings(), url)
     fetch = limit if limit is not None else (TABLE_ROWS + 1 if fmt is Format.table else None)
     if view is not None:
-        result = analytics.run_view(engine, view, _pairs(filter_, "--filter"), limit=fetch)
+        result = run_view(engine, view, _pairs(filter_, "--filter"), limit=fetch)
     else:
         text = query
         if dialect:
             try:
-                text = analytics.translate_from(query, dialect, analytics.dialect_of(engine))
+                text = translate_from(query, dialect, dialect_of(engine))
             except ValueError as exc:
                 raise InputError(str(exc)) from exc
-        result = analytics.run_query(engine, text, _pairs(param, "--param"), limit=fetch)
+        result = run_query(engine, text, _pairs(param, "--param"), limit=fetch)
     truncated = limit is None and fmt is Format.table and len(result.rows) > TABLE_ROWS
     if truncated:
         result.rows = result.rows[:TABLE_ROWS]
@@ -154,15 +155,14 @@ def sql_server(
 
     Connect with beeline (jdbc:hive2://HOST:PORT/default), any HiveServer2 client, or SQLAlchemy/PyHive: persona sql --url hive://HOST:PORT/default --view segment_summary
     """  # noqa: E501 - typer re-wraps the text; hard line breaks would show
-    from persona.sql import engines as analytics
-    from persona.progress import console, stage
+    from persona.sql.thrift import server_failure, start_thrift_server  # deferred: Spark
 
     s = settings()
     host = host or s.sql.thrift_host
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: binding to {host}: anyone who reaches it can read every table")
     with stage("starting the Spark Thrift server (a JVM; this takes a while)"):
-        server = analytics.start_thrift_server(s, port=port, host=host)
+        server = start_thrift_server(s, port=port, host=host)
 
     def _terminate(signum, frame):  # SIGTERM: stop the server like Ctrl-C does
         raise KeyboardInterrupt
@@ -175,7 +175,7 @@ def sql_server(
         console.print(f"log: {server.log_path}; stop with Ctrl-C")
         while server.running():
             time.sleep(1)
-        raise ServiceError(f"SQL server exited: {analytics.server_failure(server.log_path)}")
+        raise ServiceError(f"SQL server exited: {server_failure(server.log_path)}")
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:

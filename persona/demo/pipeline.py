@@ -17,7 +17,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pandas as pd
+from pyspark.sql import functions as F
+
+from core.errors import NotBuiltError
+from persona.demo.generator import generate
 from persona.progress import bar, console, out, stage
+from persona.serving.lookup import get_online, historical
+from persona.serving.materialize import materialize
+from persona.serving.store import apply
+from persona.sql.embedded import embedded_engine
+from persona.sql.query import run_view
+from spark_jobs.bronze.ingest import run_ingest
+from spark_jobs.gold import embed
+from spark_jobs.gold.fuse import run_fuse
+from spark_jobs.silver.behaviour import latest_complete_day, run_backfill
 
 
 @dataclass
@@ -39,8 +53,6 @@ class DemoContext:
 
 
 def _stage_generate(ctx: DemoContext) -> str:
-    from persona.demo.generator import generate
-
     o = ctx.options
     target = ctx.settings.home.resolve() / "demo-input"
     marker = target / "params.json"
@@ -56,16 +68,12 @@ def _stage_generate(ctx: DemoContext) -> str:
 
 
 def _stage_ingest(ctx: DemoContext) -> str:
-    from spark_jobs.bronze.ingest import run_ingest
-
     s = run_ingest(ctx.spark, ctx.settings, str(ctx.facts["input"]), "generic")
     return (f"read {s['read']:,}, new {s['accepted']:,}, duplicates skipped {s['duplicates_skipped']:,}, "
             f"quarantined {s['quarantined']:,}")
 
 
 def _stage_backfill(ctx: DemoContext) -> str:
-    from spark_jobs.silver.behaviour import latest_complete_day, run_backfill
-
     end = latest_complete_day(ctx.spark, ctx.settings)
     start = end - dt.timedelta(days=ctx.options.backfill_days - 1)
     ctx.facts.update(start=start, end=end)
@@ -80,30 +88,23 @@ def _stage_backfill(ctx: DemoContext) -> str:
 
 
 def _stage_train(ctx: DemoContext) -> str:
-    from core.errors import NotBuiltError
-    from spark_jobs.gold.embed import resolve_model, train
-
     if not ctx.options.retrain:
         try:
-            path = resolve_model(ctx.settings)
+            path = embed.resolve_model(ctx.settings)
             return f"reusing encoder {path.name} (--retrain to fit a new version)"
         except NotBuiltError:
             pass
-    s = train(ctx.spark, ctx.settings, as_of=ctx.facts["end"])
+    s = embed.train(ctx.spark, ctx.settings, as_of=ctx.facts["end"])
     keys = ("hr@10", "ndcg@10", "hr@10_popularity", "hr@10_user_top")
     return f"encoder {s['encoder_version']} on {s['users']:,} users: " + ", ".join(f"{k} {s[k]}" for k in keys if k in s)
 
 
 def _stage_embed(ctx: DemoContext) -> str:
-    from spark_jobs.gold.embed import run
-
-    s = run(ctx.spark, ctx.settings, start=ctx.facts["start"], end=ctx.facts["end"])
+    s = embed.run(ctx.spark, ctx.settings, start=ctx.facts["start"], end=ctx.facts["end"])
     return f"{s['rows']:,} embeddings {s['start']} .. {s['end']} with encoder {s['encoder_version']}"
 
 
 def _stage_fuse(ctx: DemoContext) -> str:
-    from spark_jobs.gold.fuse import run_fuse
-
     end = ctx.facts["end"]
     lines = []
     # The previous day too, so the report can show drift between two as-of days.
@@ -115,32 +116,22 @@ def _stage_fuse(ctx: DemoContext) -> str:
 
 
 def _stage_apply(ctx: DemoContext) -> str:
-    from persona.serving import store as serving
-
-    s = serving.apply(ctx.settings, spark=ctx.spark)
+    s = apply(ctx.settings, spark=ctx.spark)
     return ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (list, dict))) or "applied"
 
 
 def _stage_materialize(ctx: DemoContext) -> str:
-    from persona.serving import store as serving
-
-    s = serving.materialize(ctx.settings, spark=ctx.spark, show_progress=False)
+    s = materialize(ctx.settings, spark=ctx.spark, show_progress=False)
     return f"{s['rows']} rows into {s['online_store']} in {s['seconds']}s ({s['rows_per_s']} rows/s)"
 
 
 def _stage_show(ctx: DemoContext) -> str:
-    import pandas as pd
-    from pyspark.sql import functions as F
-
-    from persona.sql import engines as analytics
-    from persona.serving import store as serving
-
     profiles = ctx.spark.read.format("delta").load(ctx.settings.table("gold.user_profiles"))
     end = ctx.facts["end"]
     user = (profiles.where(F.col("as_of_date") == F.lit(end)).orderBy("user_id").select("user_id").first())[0]
 
     out.rule(f"online profile of user {user} (Feast, {ctx.settings.feast.online_store})")
-    row = serving.get_online(ctx.settings, [user], service="ranking_light_v1")[0]
+    row = get_online(ctx.settings, [user], service="ranking_light_v1")[0]
     out.print_json(json.dumps(row, default=str))
 
     out.rule("training set (point in time, Feast Spark offline store)")
@@ -149,13 +140,13 @@ def _stage_show(ctx: DemoContext) -> str:
     # one a week back: a point-in-time join gives each the snapshot it could have seen.
     stamps = [dt.datetime.combine(end + dt.timedelta(days=d), dt.time(6), tzinfo=dt.timezone.utc) for d in (1, 0, -6)]
     entities = pd.DataFrame([(u, t) for u in users for t in stamps], columns=["user_id", "event_timestamp"])
-    hist = serving.historical(ctx.settings, entities, service="ranking_light_v1", spark=ctx.spark)
+    hist = historical(ctx.settings, entities, service="ranking_light_v1", spark=ctx.spark)
     cols = [c for c in hist.columns if c in ("user_id", "event_timestamp", "segment_id", "views_7d", "purchases_30d")]
     out.print(hist.select(*cols).orderBy("user_id", "event_timestamp").limit(6).toPandas().to_string(index=False))
 
     out.rule("analyst SQL: segment_summary (DuckDB, read-only, through SQLAlchemy)")
-    engine = analytics.embedded_engine(ctx.settings)
-    res = analytics.run_view(engine, "segment_summary", limit=8)
+    engine = embedded_engine(ctx.settings)
+    res = run_view(engine, "segment_summary", limit=8)
     frame = pd.DataFrame(res.rows, columns=res.columns)
     keep = [c for c in ("segment_id", "as_of_date", "users", "user_share", "avg_views_30d", "avg_spend_30d",
                         "top_category_1") if c in frame.columns]

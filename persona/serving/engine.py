@@ -9,33 +9,48 @@ Feast drives it like any engine (``batch_engine: {type: persona.serving.engine.P
 registry. The offline query is Feast's own (``pull_latest_from_table_or_query``: latest
 row per user in the window, ties broken by ``created_timestamp``); the Spark executors
 then encode each Arrow batch column-wise into Redis ``HSET`` commands
-(``persona/feast_codec.py``) and stream them through one pipelined connection per
-partition. On a local master the driver writes instead, and reads the same selection
-with delta-rs + pyarrow (``read_with``; local Delta tables without deletion vectors or
-column mapping), because Spark's fixed cost per query was most of a materialization. Why: Feast's engines build one protobuf object per value in Python and read
-every key's timestamp before writing it (about 2.6k users/s here). SQLite and other
-stores go through Feast's standard conversion and ``online_write_batch`` on the driver.
+(``persona/serving/redis_codec.py``) and stream them through one pipelined connection
+per partition. On a local master the driver writes instead, and reads the same
+selection with delta-rs + pyarrow (``read_with``; local Delta tables without deletion
+vectors or column mapping), because Spark's fixed cost per query was most of a
+materialization. Why: Feast's engines build one protobuf object per value in Python
+and read every key's timestamp before writing it (about 2.6k users/s here). SQLite and
+other stores go through Feast's standard conversion and ``online_write_batch`` on the
+driver.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial, reduce
 from typing import Callable, Literal, Optional
 
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
 from feast.infra.common.materialization_job import (
     MaterializationJob,
     MaterializationJobStatus,
     MaterializationTask,
 )
 from feast.infra.compute_engines.base import ComputeEngine
+from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkRetrievalJob
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 from feast.repo_config import FeastConfigBaseModel
+from feast.table_format import DeltaFormat
+from feast.utils import _convert_arrow_to_proto, _get_column_names
+from pyspark.sql import functions as F
 
 from core.delta_log import is_local_path, plain_parquet_blockers
 from persona.serving.redis_codec import RedisTarget, ViewLayout, redis_target, write_batches
 
-# Set by persona.serving.store.materialize: called as progress(label, done, total) with Spark
+# Set by persona.serving.materialize.materialize: called as progress(label, done, total) with Spark
 # tasks (Redis path) or write batches (Feast path) as the unit.
 PROGRESS: Optional[Callable[[str, int, int], None]] = None
 
@@ -88,7 +103,7 @@ class _Job(MaterializationJob):
         return None
 
 
-# Per-view results of this process's materializations (persona.serving.store clears it per run).
+# Per-view results of this process's materializations (persona.serving.materialize clears it per run).
 LAST_RUN: list[_Job] = []
 
 
@@ -116,8 +131,6 @@ class PersonaSparkEngine(ComputeEngine):
     def materialize(self, registry, tasks, **kwargs) -> list:
         """All Redis-bound views in one Spark job (their write stages run side by side);
         anything else view by view through Feast. One result per task, in order."""
-        from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkRetrievalJob
-
         if isinstance(tasks, MaterializationTask):
             tasks = [tasks]
         started = time.perf_counter()
@@ -156,8 +169,6 @@ class PersonaSparkEngine(ComputeEngine):
 
     # -- one feature view ---------------------------------------------------------------
     def _offline_job(self, registry, task: MaterializationTask):
-        from feast.utils import _get_column_names
-
         fv = task.feature_view
         entities = [registry.get_entity(name, task.project) for name in fv.entities]
         join_keys, features, ts_field, created_field = _get_column_names(fv, entities)
@@ -181,14 +192,6 @@ class PersonaSparkEngine(ComputeEngine):
         Returns an Arrow table with Spark's column types, or None when this source is
         not a local Delta table delta-rs can read as plain Parquet (then Spark runs
         Feast's query): ``read_with`` "delta" insists only as far as that."""
-        import datetime as dt
-
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
-        from feast.table_format import DeltaFormat
-        from feast.utils import _get_column_names
-
         fv = task.feature_view
         src = fv.batch_source
         path = getattr(src, "path", None)
@@ -196,8 +199,6 @@ class PersonaSparkEngine(ComputeEngine):
                 or not path or src.field_mapping or not is_local_path(path)):
             return None
         try:
-            from deltalake import DeltaTable
-
             table = DeltaTable(path)
             if plain_parquet_blockers(table):
                 return None  # data a plain Parquet scan would read wrongly
@@ -235,8 +236,6 @@ class PersonaSparkEngine(ComputeEngine):
         return data.cast(_small_types(data.schema))
 
     def _layout(self, fv, join_keys: list) -> ViewLayout:
-        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
-
         name = compute_versioned_name(fv, self.repo_config.registry.enable_online_feature_view_versioning)
         return ViewLayout(
             name=name,
@@ -251,8 +250,6 @@ class PersonaSparkEngine(ComputeEngine):
 
     def _fast_redis(self, fv, join_keys) -> Optional[RedisTarget]:
         """The Redis target when the fast path applies, else None (Feast's own path)."""
-        from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
-
         cfg = self.repo_config.online_store
         if not isinstance(cfg, RedisOnlineStoreConfig) or cfg.redis_type == RedisType.redis_sentinel:
             return None
@@ -268,10 +265,6 @@ class PersonaSparkEngine(ComputeEngine):
     def _spark_to_redis(self, fast: list) -> dict:
         """One Spark job: per view, Feast's latest-row query -> ``write_partitions``
         partitions -> executors encode and pipeline HSETs; returns rows per view."""
-        from functools import partial, reduce
-
-        from pyspark.sql import functions as F
-
         spark = fast[0][1].spark_session
         mode = self.write_from
         if mode == "auto":
@@ -311,8 +304,6 @@ class PersonaSparkEngine(ComputeEngine):
         """Local masters: each view's latest rows come to the driver as Arrow (no Python
         workers to start) and are encoded and pipelined from here, views in parallel
         threads (the Spark queries overlap; encoding and socket writes release the GIL)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         done = [0]
         lock = threading.Lock()
 
@@ -334,8 +325,6 @@ class PersonaSparkEngine(ComputeEngine):
 
     def _through_feast(self, job, fv) -> int:
         """Feast's conversion and ``online_write_batch`` on the driver (SQLite & co)."""
-        from feast.utils import _convert_arrow_to_proto
-
         table = job.delta_latest() if self.read_with != "spark" else None
         if table is None:
             table = job.to_arrow()
@@ -379,8 +368,6 @@ def _poll_progress(sc, group: str, view: str, stop: threading.Event) -> None:
 
 def _small_types(schema):
     """The schema with 32-bit-offset string/binary/list types (what Spark's toArrow gives)."""
-    import pyarrow as pa
-
     def small(t):
         if pa.types.is_large_string(t):
             return pa.string()

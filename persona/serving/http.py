@@ -1,4 +1,4 @@
-"""A lean HTTP feature server speaking Feast's ``/get-online-features`` JSON.
+"""``persona serve``: a lean HTTP feature server speaking Feast's ``/get-online-features`` JSON.
 
 Input: ``POST /get-online-features`` with Feast's request body
 (``{"feature_service": "recommender_v1" | "features": [...], "entities": {"user_id": [...]},
@@ -17,7 +17,8 @@ until the registry cache refreshes, so a re-apply is picked up within
 ``registry_cache_ttl_s`` as with Feast's server.
 
 Binds 127.0.0.1 unless told otherwise; no authentication (as ``feast serve`` without a
-security manager): put it behind the network policy you trust.
+security manager): put it behind the network policy you trust. :func:`serve` runs this
+server, or Feast's own when ``settings.feast.server`` is "feast".
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from feast.errors import FeatureServiceNotFoundException
+from feast.feature_server_utils import convert_response_to_dict
+
+from core.errors import NotBuiltError, ServiceError
+from persona.serving.store import check_online_store, get_store, require_registry, user_errors
+
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from core.settings import Settings
 
 _JSON = "application/json"
 
@@ -70,9 +79,6 @@ class FeatureServer(ThreadingHTTPServer):
 
     def online_features(self, body: dict) -> dict:
         """The response dict for one parsed request body (Feast's semantics)."""
-        from feast.errors import FeatureServiceNotFoundException
-        from feast.feature_server_utils import convert_response_to_dict
-
         entities = body.get("entities")
         if not isinstance(entities, dict) or not entities or not all(isinstance(v, list) for v in entities.values()):
             raise _Error(422, "'entities' must be an object of lists, e.g. {\"user_id\": [\"u1\"]}")
@@ -148,3 +154,36 @@ def serve_in_thread(store: "FeatureStore", host: str = "127.0.0.1", port: int = 
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     return server, thread
+
+
+def serve(settings: "Settings", port: int | None = None, host: str | None = None) -> None:
+    """An HTTP feature server (``POST /get-online-features``, Feast's JSON) on loopback;
+    blocks. ``settings.feast.server``: "persona" (:class:`FeatureServer`, lean) or
+    "feast" (Feast's own FastAPI server)."""
+    require_registry(settings)
+    check_online_store(settings)
+    store = get_store(settings)
+    with user_errors(settings):
+        if not store.list_feature_services():  # fail now, not on the first request
+            raise NotBuiltError("no feature services registered (run `persona apply` first)")
+        if settings.feast.server == "persona":
+            try:
+                server = make_server(store, host or settings.feast.server_host, port or settings.feast.server_port)
+            except OSError as exc:
+                raise ServiceError(f"cannot listen on {host or settings.feast.server_host}:"
+                                   f"{port or settings.feast.server_port}: {exc.strerror or exc}") from None
+            try:
+                server.serve_forever(poll_interval=0.5)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.server_close()
+            return
+        store.serve(
+            host=host or settings.feast.server_host,
+            port=port or settings.feast.server_port,
+            type_="http",
+            no_access_log=True,
+            workers=1,
+            registry_ttl_sec=settings.feast.registry_cache_ttl_s,
+        )

@@ -1,5 +1,5 @@
 """Feast's online (Redis) format, encoded column-wise from Arrow: the executor half of
-persona's materialization engine (``persona/feast_engine.py`` is the driver half).
+persona's materialization engine (``persona/serving/engine.py`` is the driver half).
 
 Input: Arrow record batches of one feature view (join key, features, event timestamp).
 Output: Redis protocol ``HSET`` commands, one per row, byte-for-byte what Feast's
@@ -200,6 +200,7 @@ def encode_column(arr: pa.Array, value_type: str) -> pa.Array:
     try:
         return encode_values(arr, value_type)
     except _Unsupported:
+        # deferred: Feast takes seconds to import, and Spark's Python workers import this module
         from feast.type_map import python_values_to_proto_values
         from feast.value_type import ValueType
 
@@ -286,6 +287,7 @@ class RedisTarget:
 def redis_target(connection_string: str, cluster: bool = False,
                  connect_timeout: float | None = None) -> RedisTarget:
     """Parse Feast's ``host:port,key=value,...`` connection string the way Feast does."""
+    # deferred: Feast takes seconds to import, and Spark's Python workers import this module
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     nodes, params = RedisOnlineStore._parse_connection_string(connection_string)

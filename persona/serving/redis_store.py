@@ -18,25 +18,34 @@ Python objects, not Redis):
   ``ValueProto`` per value;
 - ``to_dict()`` converts values with a flat type dispatch.
 Anything unusual (feature view versioning, GLIDE client, non-string or composite join
-keys) goes through Feast's own code.
+keys) goes through Feast's own code. The protobuf wire helpers and the column decoding
+live in ``persona.serving.wire``.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from datetime import datetime, timezone
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
-from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
-
+import hiredis
 from feast import utils
+from feast.feature_service import FeatureService
 from feast.infra.online_stores.helpers import _mmh3
-from feast.infra.online_stores.redis import RedisClient, RedisOnlineStore, RedisOnlineStoreConfig
-from feast.online_response import OnlineResponse
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import feast_value_type_to_python_type
+from feast.infra.online_stores.redis import RedisClient, RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.online_response import TIMESTAMP_POSTFIX, OnlineResponse
+
+from persona.serving.wire import (
+    KIND,
+    PRESENT,
+    SCALARS,
+    TsCanon,
+    decode_columns,
+    field,
+    python_value,
+    repeated,
+    varint,
+)
 
 STORE_TYPE = "persona.serving.redis_store.PersonaRedisOnlineStore"
 
@@ -45,79 +54,6 @@ class PersonaRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     """Same options as Feast's ``redis`` online store."""
 
     type: Literal["persona.serving.redis_store.PersonaRedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
-
-
-# ---- protobuf wire helpers ----------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-_VARINTS = [_varint(i) for i in range(1 << 14)]
-
-
-def _vi(n: int) -> bytes:
-    return _VARINTS[n] if n < 16384 else _varint(n)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + _vi(len(payload)) + payload
-
-
-_PRESENT = b"\x01"  # FieldStatus.PRESENT
-# tag + length prefixes of short length-delimited fields, per tag.
-_PREFIXES: Dict[bytes, List[bytes]] = {}
-
-
-def _repeated(tag: bytes, values: Sequence[Optional[bytes]]) -> bytes:
-    """``tag len value`` for each value (None counts as b""): a repeated message field.
-    Joined through ``map`` (C loops): this runs once per feature per request."""
-    prefixes = _PREFIXES.get(tag)
-    if prefixes is None:
-        prefixes = _PREFIXES[tag] = [tag + v for v in _VARINTS]
-    if None in values:
-        values = [v or b"" for v in values]
-    try:
-        return b"".join(map(bytes.__add__, map(prefixes.__getitem__, map(len, values)), values))
-    except IndexError:  # a value of 16 KiB or more
-        return b"".join([_field(tag, v) for v in values])
-
-
-class _TsCanon:
-    """Feast re-derives each row timestamp through a float ``datetime``; mirror that
-    exactly (cached: a whole day's snapshot shares one timestamp)."""
-
-    def __init__(self) -> None:
-        self.cache: Dict[bytes, bytes] = {}
-
-    def __call__(self, raw: Optional[bytes]) -> bytes:
-        if not raw:
-            return b""
-        hit = self.cache.get(raw)
-        if hit is not None:
-            return hit
-        ts = Timestamp()
-        ts.ParseFromString(raw)
-        when = datetime.fromtimestamp(ts.seconds + ts.nanos / 1_000_000_000.0, tz=timezone.utc)
-        out = Timestamp()
-        out.FromDatetime(when)
-        canon = out.SerializeToString()
-        if len(self.cache) > 100_000:
-            self.cache.clear()
-        self.cache[raw] = canon
-        return canon
-
-
-_SCALARS = frozenset(("double_val", "float_val", "int32_val", "int64_val", "bool_val", "string_val", "bytes_val"))
-_LISTS = frozenset(("double_list_val", "float_list_val", "int32_list_val", "int64_list_val",
-                    "bool_list_val", "string_list_val", "bytes_list_val"))
 
 
 class PersonaOnlineResponse(OnlineResponse):
@@ -142,13 +78,11 @@ class PersonaOnlineResponse(OnlineResponse):
         self.__dict__["proto"] = value
 
     def to_dict(self, include_event_timestamps: bool = False) -> Dict[str, Any]:
-        from feast.online_response import TIMESTAMP_POSTFIX
-
         raw = None if include_event_timestamps else self._raw
         # Without timestamps, and with the features not merged into the proto yet, the
         # proto holds just the join keys; the features follow in the order they would.
         proto = self.__dict__["proto"] if raw is not None else self.proto
-        decoded = _decode_columns(raw[0]) if raw is not None else {}
+        decoded = decode_columns(raw[0]) if raw is not None else {}
         response: Dict[str, List[Any]] = {}
         for feature_ref, vector in zip(proto.metadata.feature_names.val, proto.results):
             if feature_ref in decoded:
@@ -156,14 +90,14 @@ class PersonaOnlineResponse(OnlineResponse):
                 continue
             ftype = self._feature_types.get(feature_ref)
             values = vector.values
-            kind = _KIND.get(ftype.name) if ftype is not None else None
-            if kind is not None and kind in _SCALARS:
+            kind = KIND.get(ftype.name) if ftype is not None else None
+            if kind is not None and kind in SCALARS:
                 # Every non-null value of a typed column has this kind (Feast wrote it so).
-                column = [getattr(v, kind) if v.HasField(kind) else _slow(v, ftype) for v in values]
+                column = [getattr(v, kind) if v.HasField(kind) else python_value(v, ftype) for v in values]
             elif kind is not None:
-                column = [list(getattr(v, kind).val) if v.HasField(kind) else _slow(v, ftype) for v in values]
+                column = [list(getattr(v, kind).val) if v.HasField(kind) else python_value(v, ftype) for v in values]
             else:
-                column = [_slow(v, ftype) for v in values]
+                column = [python_value(v, ftype) for v in values]
             response[feature_ref] = column
             if include_event_timestamps:
                 response[feature_ref + TIMESTAMP_POSTFIX] = [ts.seconds for ts in vector.event_timestamps]
@@ -171,123 +105,6 @@ class PersonaOnlineResponse(OnlineResponse):
             if feature_ref not in response:  # not merged into the proto (yet)
                 response[feature_ref] = column
         return response
-
-
-def _slow(v, ftype):
-    """Anything the typed fast path does not cover: null, or a value of another kind."""
-    if v.WhichOneof("val") is None:
-        return None
-    return feast_value_type_to_python_type(v, ftype)
-
-
-# ValueType name -> the Value oneof member Feast writes for it.
-_KIND = {
-    "DOUBLE": "double_val", "FLOAT": "float_val", "INT32": "int32_val", "INT64": "int64_val",
-    "BOOL": "bool_val", "STRING": "string_val", "BYTES": "bytes_val",
-    "DOUBLE_LIST": "double_list_val", "FLOAT_LIST": "float_list_val", "INT32_LIST": "int32_list_val",
-    "INT64_LIST": "int64_list_val", "BOOL_LIST": "bool_list_val", "STRING_LIST": "string_list_val",
-    "BYTES_LIST": "bytes_list_val",
-}
-
-
-def _column_message():
-    """A message whose field k is ``repeated <type of Value's oneof member k>``.
-
-    Serialized ``ValueProto``s concatenated are then a valid encoding of it: each value's
-    single oneof field lands in the repeated field of the same number, so one C parse
-    decodes a whole column, and a value of another kind shows up as a short count.
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    T = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="persona/feast_column.proto", package="persona", syntax="proto3")
-    lists = {"BytesL": T.TYPE_BYTES, "StringL": T.TYPE_STRING, "Int32L": T.TYPE_INT32, "Int64L": T.TYPE_INT64,
-             "DoubleL": T.TYPE_DOUBLE, "FloatL": T.TYPE_FLOAT, "BoolL": T.TYPE_BOOL}
-    for name, typ in lists.items():
-        fdp.message_type.add(name=name).field.add(name="val", number=1, type=typ, label=T.LABEL_REPEATED)
-    column = fdp.message_type.add(name="Column")
-    for name, number, typ in (("bytes_val", 1, T.TYPE_BYTES), ("string_val", 2, T.TYPE_STRING),
-                              ("int32_val", 3, T.TYPE_INT32), ("int64_val", 4, T.TYPE_INT64),
-                              ("double_val", 5, T.TYPE_DOUBLE), ("float_val", 6, T.TYPE_FLOAT),
-                              ("bool_val", 7, T.TYPE_BOOL)):
-        column.field.add(name=name, number=number, type=typ, label=T.LABEL_REPEATED)
-    for name, number, msg in (("bytes_list_val", 11, "BytesL"), ("string_list_val", 12, "StringL"),
-                              ("int32_list_val", 13, "Int32L"), ("int64_list_val", 14, "Int64L"),
-                              ("double_list_val", 15, "DoubleL"), ("float_list_val", 16, "FloatL"),
-                              ("bool_list_val", 17, "BoolL")):
-        column.field.add(name=name, number=number, type=T.TYPE_MESSAGE, type_name=f".persona.{msg}",
-                         label=T.LABEL_REPEATED)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("persona.Column"))
-
-
-_Column = _column_message()
-
-
-def _decode_columns(named: Dict[str, Tuple[Sequence[Optional[bytes]], Any]]) -> Dict[str, List[Any]]:
-    """Every column of a response decoded from Redis' bytes: the null-free columns of
-    one value kind are concatenated and parsed together (one C parse per kind, not per
-    feature: most of the time of a one-user lookup otherwise); the rest column by column."""
-    out: Dict[str, List[Any]] = {}
-    groups: Dict[str, List[Tuple[str, Sequence[bytes]]]] = {}
-    for ref, (column, value_type) in named.items():
-        kind = _KIND.get(value_type.name)
-        if kind is None or not column or None in column or b"" in column:
-            out[ref] = _decode_column(column, value_type)
-        else:
-            groups.setdefault(kind, []).append((ref, column))
-    for kind, columns in groups.items():
-        n = len(columns[0][1])
-        try:
-            got = getattr(_Column.FromString(b"".join([b"".join(c) for _, c in columns])), kind)
-        except DecodeError:
-            got = ()
-        if len(got) != n * len(columns):  # a value of another kind somewhere: one by one
-            for ref, column in columns:
-                out[ref] = _decode_column(column, named[ref][1])
-            continue
-        values = list(got) if kind in _SCALARS else [list(x.val) for x in got]
-        for k, (ref, _) in enumerate(columns):
-            out[ref] = values[k * n:(k + 1) * n]
-    return out
-
-
-def _decode_column(raw: Sequence[Optional[bytes]], value_type) -> List[Any]:
-    """Python values of serialized ``ValueProto``s (b"" or None: null), as Feast's
-    ``to_dict`` returns them: one bytes join and one C protobuf parse per column (see
-    ``_column_message``); one ``Value`` parse per value when anything is unexpected.
-    """
-    kind = _KIND.get(value_type.name)
-    if kind is not None:
-        if None in raw:
-            present = [v for v in raw if v]
-            n = len(present)
-        else:
-            present = raw
-            n = len(raw) - raw.count(b"")
-        try:
-            got = getattr(_Column.FromString(b"".join(present)), kind)
-        except DecodeError:
-            got = ()
-        if n and len(got) == n:
-            values = list(got) if kind in _SCALARS else [list(x.val) for x in got]
-            if n == len(raw):
-                return values
-            it = iter(values)
-            return [next(it) if v else None for v in raw]
-    out: List[Any] = []
-    for v in raw:
-        if not v:
-            out.append(None)
-            continue
-        value = ValueProto.FromString(v)
-        if kind is not None and value.HasField(kind):
-            got = getattr(value, kind)
-            out.append(list(got.val) if kind in _LISTS else got)
-        else:
-            out.append(_slow(value, value_type))
-    return out
 
 
 class _Plan:
@@ -303,7 +120,7 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
     def __init__(self) -> None:
         super().__init__()
         self._fields_cache: Dict[Tuple, Tuple[bytes, int, list]] = {}
-        self._ts = _TsCanon()
+        self._ts = TsCanon()
         self._types: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
         self._feature_types_cache: Dict[Tuple, Tuple[list, Dict[str, Any]]] = {}
         # The raw replies of this thread's last read, handed from _read_features_per_fv
@@ -434,18 +251,18 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
         out_len = plan.output_len
         names: List[bytes] = []
         results: List[bytes] = []
-        statuses = (b"\x12" + _vi(out_len) + _PRESENT * out_len) if out_len else b""
+        statuses = (b"\x12" + varint(out_len) + PRESENT * out_len) if out_len else b""
         ts_canon = self._ts
         for table, requested, start in plan.tables:
-            ts_part = _repeated(b"\x1a", [ts_canon(v) for v in columns[start + len(requested)]])
+            ts_part = repeated(b"\x1a", [ts_canon(v) for v in columns[start + len(requested)]])
             table_name = table.projection.name_to_use()
             for j, feature in enumerate(requested):
                 ref = f"{table_name}__{feature}" if full_feature_names else feature
-                names.append(_field(b"\x0a", ref.encode()))
+                names.append(field(b"\x0a", ref.encode()))
                 # FeatureVector: values (1: the raw ValueProto bytes, b"" = null), statuses
                 # (2, packed), event_timestamps (3).
-                results.append(_field(b"\x12", _repeated(b"\x0a", columns[start + j]) + statuses + ts_part))
-        metadata = _field(b"\x0a", _field(b"\x0a", b"".join(names)))
+                results.append(field(b"\x12", repeated(b"\x0a", columns[start + j]) + statuses + ts_part))
+        metadata = field(b"\x0a", field(b"\x0a", b"".join(names)))
         return metadata + b"".join(results)
 
     # -- sync read -----------------------------------------------------------------------------
@@ -490,8 +307,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
         return named
 
     def _hmget_all(self, config, plan: _Plan) -> List[List[Optional[bytes]]]:
-        from feast.infra.online_stores.redis import RedisType
-
         client = self._get_client(config.online_store)
         if config.online_store.redis_type == RedisType.redis_cluster:
             fields = _fields_of(plan)
@@ -516,8 +331,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
                                           entity_name_to_join_key_map, online_features_response,
                                           full_feature_names: bool,
                                           include_feature_view_version_metadata: bool) -> None:
-        from feast.infra.online_stores.redis import RedisType
-
         plan = None if include_feature_view_version_metadata else self._plan(
             config, grouped_refs, join_key_values, entity_name_to_join_key_map)
         if plan is None or config.online_store.redis_type == RedisType.redis_cluster:
@@ -544,8 +357,6 @@ class PersonaRedisOnlineStore(RedisOnlineStore):
 def _plain_views(features) -> Optional[set]:
     """Names of the views a request reads (a feature service's projections, or the
     ``view:feature`` prefixes), or None when that cannot be told."""
-    from feast.feature_service import FeatureService
-
     if isinstance(features, FeatureService):
         return {p.name_to_use() for p in features.feature_view_projections}
     if isinstance(features, (list, tuple)) and all(isinstance(f, str) and ":" in f for f in features):
@@ -555,8 +366,6 @@ def _plain_views(features) -> Optional[set]:
 
 def _fields_of(plan: _Plan) -> List[bytes]:
     """The HMGET field names of a plan (decoded back from the packed blob)."""
-    import hiredis
-
     reader = hiredis.Reader()
     reader.feed(b"*%d\r\n" % plan.n_fields + plan.fields_blob)
     return reader.gets()

@@ -151,13 +151,13 @@ def redis_proc(tmp_path):
 
 
 def test_redis_down_during_materialize_and_get(spark, first, tmp_path, redis_proc):
-    from persona.serving import store as serving
+    from persona.serving.store import apply
 
     home = _copy(first, tmp_path / "home", ("warehouse", "models"))
     feast = {"feast__online_store": "redis", "feast__redis_connection": f"127.0.0.1:{redis_proc.port}",
              "feast__project": "persona_faults"}
     redis_proc.start()
-    serving.apply(make_settings(home, **feast), spark=spark)
+    apply(make_settings(home, **feast), spark=spark)
     redis_proc.stop()
 
     env = _env(**feast)

@@ -27,10 +27,11 @@ def tables(spark, module_settings):
 
 @pytest.fixture(scope="module")
 def sqlite_store(spark, tables):
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize
+    from persona.serving.store import apply
 
-    applied = serving.apply(tables, spark)
-    first = serving.materialize(tables, spark=spark, show_progress=False)
+    applied = apply(tables, spark)
+    first = materialize(tables, spark=spark, show_progress=False)
     return tables, applied, first
 
 
@@ -55,15 +56,15 @@ def latest_rows(spark, settings) -> dict:
 
 
 def assert_online_equals_offline(settings, spark, expired=("u5",)):
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online, missing
 
     latest = latest_rows(spark, settings)
     users = sorted(latest) + ["nobody"]
-    online = {r["user_id"]: r for r in serving.get_online(settings, users)}
+    online = {r["user_id"]: r for r in get_online(settings, users)}
     for user in users:
         row = online[user]
         if user == "nobody" or user in expired:
-            assert serving.missing(row), user  # unknown / older than ttl: nulls
+            assert missing(row), user  # unknown / older than ttl: nulls
             continue
         want = latest[user]
         got = {k: v for k, v in row.items() if k != "user_id"}
@@ -96,7 +97,7 @@ def test_point_in_time_training_set(spark, sqlite_store, tmp_path):
     """Each entity row gets the latest snapshot at or before its stamp, within ttl."""
     import pandas as pd
 
-    from persona.serving import store as serving
+    from persona.serving.lookup import training_set
 
     settings, _, _ = sqlite_store
     second = dt.timedelta(seconds=1)
@@ -120,7 +121,7 @@ def test_point_in_time_training_set(spark, sqlite_store, tmp_path):
     path = tmp_path / "entities.parquet"
     entities.to_parquet(path, coerce_timestamps="us", allow_truncated_timestamps=True)
     out = tmp_path / "train"
-    summary = serving.training_set(settings, str(path), str(out), spark=spark)
+    summary = training_set(settings, str(path), str(out), spark=spark)
     assert summary["rows"] == len(cases)
     got = {r["row_id"]: r for r in spark.read.parquet(str(out)).collect()}
     for i, (user, stamp, k) in enumerate(cases):
@@ -143,15 +144,16 @@ def test_feast_session_setting_is_restored(spark, sqlite_store):
 
 def test_incremental_picks_up_a_new_day(spark, sqlite_store):
     """A snapshot stamped after the last run (today, end of day) arrives incrementally."""
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online
+    from persona.serving.materialize import materialize
 
     settings, _, _ = sqlite_store
     DAYS[4] = TODAY
     write_snapshot(spark, settings, 4, ["u1"])
-    again = serving.materialize(settings, spark=spark, show_progress=False)
+    again = materialize(settings, spark=spark, show_progress=False)
     assert again["mode"] == "incremental"
     assert again["views"] == {"user_behaviour": 1, "user_embedding": 1, "user_profile": 1}
-    row = serving.get_online(settings, ["u1"])[0]
+    row = get_online(settings, ["u1"])[0]
     assert row["views_7d"] == planted(4, "u1") and row["segment_id"] == planted(4, "u1")
     assert_online_equals_offline(settings, spark)
 
@@ -161,7 +163,8 @@ def test_incremental_picks_up_a_new_day(spark, sqlite_store):
 def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
     """The production shape: another home over the same warehouse, online store = a real
     Redis, registry = a SQL registry (SQLAlchemy URL; SQLite here, PostgreSQL in prod)."""
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize
+    from persona.serving.store import apply
     from core.settings import load_settings
 
     home = tmp_path_factory.mktemp("redis-home")
@@ -175,8 +178,8 @@ def redis_settings(tables, redis_server, tmp_path_factory, spark, sqlite_store):
         # what local masters use by default, tested below.
         "PERSONA__FEAST__WRITE_FROM": "executors",
     })
-    serving.apply(s, spark)
-    summary = serving.materialize(s, spark=spark, show_progress=False)
+    apply(s, spark)
+    summary = materialize(s, spark=spark, show_progress=False)
     return s, summary
 
 
@@ -193,21 +196,21 @@ def test_driver_write_path_equals_offline_too(spark, redis_settings, redis_serve
     emptied Redis: the same online rows."""
     import redis
 
-    from persona.serving import store as serving
+    from persona.serving.materialize import materialize
 
     settings, _ = redis_settings
     driver = settings.model_copy(update={"feast": settings.feast.model_copy(update={"write_from": "driver"})})
     host, port = redis_server.split(":")
     redis.Redis(host=host, port=int(port)).flushall()
-    summary = serving.materialize(driver, start=end_of(DAYS[0]), spark=spark, show_progress=False)
+    summary = materialize(driver, start=end_of(DAYS[0]), spark=spark, show_progress=False)
     assert summary["mode"] == "window" and summary["users"] == 5  # the window reaches back to D0
     assert_online_equals_offline(driver, spark, expired=())
 
 
 def serving_store(settings):
-    from persona.serving import store as serving
+    from persona.serving.store import get_store
 
-    return serving.get_store(settings)
+    return get_store(settings)
 
 
 def test_stock_feast_reads_what_persona_wrote(redis_settings):
@@ -215,13 +218,13 @@ def test_stock_feast_reads_what_persona_wrote(redis_settings):
     returns, for every user, both services, short and full feature names."""
     from feast import FeatureStore, RepoConfig
 
-    from persona.serving import store as serving
+    from persona.serving.store import REPO_DIR, config_dict, get_store
 
     settings, _ = redis_settings
-    ours = serving.get_store(settings)
-    stock_cfg = serving.config_dict(settings)
+    ours = get_store(settings)
+    stock_cfg = config_dict(settings)
     stock_cfg["online_store"]["type"] = "redis"
-    stock = FeatureStore(repo_path=str(serving.REPO_DIR), config=RepoConfig(repo_path=serving.REPO_DIR, **stock_cfg))
+    stock = FeatureStore(repo_path=str(REPO_DIR), config=RepoConfig(repo_path=REPO_DIR, **stock_cfg))
     assert type(ours._get_provider().online_store).__name__ == "PersonaRedisOnlineStore"
     assert type(stock._get_provider().online_store).__name__ == "RedisOnlineStore"
     rows = [{"user_id": u} for u in ("u1", "u2", "nobody", "u3", "u1", "u4", "u5")]
@@ -237,16 +240,17 @@ def test_stock_feast_reads_what_persona_wrote(redis_settings):
 
 
 def test_redis_down_is_one_clear_error(tables, spark):
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online
+    from persona.serving.materialize import materialize
     from core.settings import load_settings
     from core.errors import ServiceError
 
     s = load_settings(home=tables.home, environ={
         "PERSONA__FEAST__ONLINE_STORE": "redis", "PERSONA__FEAST__REDIS_CONNECTION": "127.0.0.1:1"})
     with pytest.raises(ServiceError, match="Redis online store at 127.0.0.1:1 is unreachable"):
-        serving.get_online(s, ["u1"])
+        get_online(s, ["u1"])
     with pytest.raises(ServiceError):
-        serving.materialize(s, spark=spark, show_progress=False)
+        materialize(s, spark=spark, show_progress=False)
 
 
 def test_delta_reader_selects_what_feasts_spark_query_selects(spark, redis_settings):
@@ -254,16 +258,16 @@ def test_delta_reader_selects_what_feasts_spark_query_selects(spark, redis_setti
     pull_latest query, per view, for a window that holds several snapshots per user."""
     from feast.infra.common.materialization_job import MaterializationTask
 
-    from persona.serving import store as serving
+    from persona.serving.store import feast_spark, get_store
 
     settings, _ = redis_settings
-    store = serving.get_store(settings)
+    store = get_store(settings)
     engine = store._get_provider().batch_engine
     start, end = end_of(DAYS[1]) - dt.timedelta(hours=1), end_of(DAYS[3])
     for fv in store.list_feature_views():
         task = MaterializationTask(project=store.project, feature_view=fv, start_time=start, end_time=end)
         job, join_keys = engine._offline_job(store.registry, task)
-        with serving._feast_spark(spark):
+        with feast_spark(spark):
             want = job.to_spark_df().toArrow()
         got = engine._delta_latest(store.registry, task, join_keys)
         assert got is not None, fv.name
@@ -281,11 +285,11 @@ def test_lean_http_server_answers_in_feasts_json(redis_settings):
 
     from feast.feature_server_utils import convert_response_to_dict
 
-    from persona.serving import store as serving
+    from persona.serving.store import get_store
     from persona.serving.http import serve_in_thread
 
     settings, _ = redis_settings
-    store = serving.get_store(settings)
+    store = get_store(settings)
     server, _ = serve_in_thread(store)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)

@@ -133,10 +133,10 @@ def build_tables(spark, settings):
 def fill_online(spark, settings):
     """The newest snapshot of each feature view's table, pushed into the online store
     with Feast's public write API (what materialize would write)."""
-    from persona.serving import store as serving
+    from persona.serving.store import VIEW_TABLES, get_store
 
-    store = serving.get_store(settings)
-    for view, table in serving.VIEW_TABLES.items():
+    store = get_store(settings)
+    for view, table in VIEW_TABLES.items():
         df = spark.read.format("delta").load(settings.table(table)).where(f"as_of_date = DATE'{D2}'").toPandas()
         for col in df.columns:
             if df[col].dtype == object and len(df) and hasattr(df[col].iloc[0], "tolist"):
@@ -237,16 +237,17 @@ def redis_settings(request, tmp_path_factory, fsettings):
 
 @pytest.fixture(scope="module")
 def forgotten(spark, fsettings, redis_settings, home):
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online
+    from persona.serving.store import apply
     from persona.serving.forget import forget_online, forget_users
     from spark_jobs.ops.forget import target_ids
 
     build_tables(spark, fsettings)
     stores = [fsettings] + ([redis_settings] if redis_settings else [])
     for s in stores:
-        serving.apply(s, spark)
+        apply(s, spark)
         fill_online(spark, s)
-    online_before = {id(s): serving.get_online(s, [HA, B, "u01"]) for s in stores}
+    online_before = {id(s): get_online(s, [HA, B, "u01"]) for s in stores}
     before_scan = scan(home)
     before_others = others_snapshot(spark, fsettings)
     summary = forget_users(spark, fsettings, [A, B])
@@ -262,9 +263,9 @@ def test_ids_were_everywhere_before(forgotten):
     assert {"bytes", "data", "checkpoint", "log"} <= found.keys(), found.keys()
     assert any("online_store.db" in f for f in found["bytes"])
     for s, rows in forgotten["online_before"].items():
-        from persona.serving import store as serving
+        from persona.serving.lookup import missing
 
-        assert not any(serving.missing(r) for r in rows), rows
+        assert not any(missing(r) for r in rows), rows
 
 
 def test_no_file_of_any_version_holds_the_ids(forgotten, home):
@@ -307,12 +308,12 @@ def test_tables_still_work(forgotten, spark, fsettings):
 
 
 def test_online_store_returns_nothing_for_the_users(forgotten):
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online, missing
 
     for s in forgotten["stores"]:
-        rows = {r["user_id"]: r for r in serving.get_online(s, [HA, B, A, "u01"])}
-        assert serving.missing(rows[HA]) and serving.missing(rows[B]) and serving.missing(rows[A])
-        assert not serving.missing(rows["u01"])
+        rows = {r["user_id"]: r for r in get_online(s, [HA, B, A, "u01"])}
+        assert missing(rows[HA]) and missing(rows[B]) and missing(rows[A])
+        assert not missing(rows["u01"])
 
 
 def test_redis_entries_deleted(forgotten):

@@ -133,15 +133,17 @@ def test_fuse_twice(spark, settings_, home, first):
 
 
 def test_feast_apply_and_materialize_twice(spark, settings_, home, first):
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online
+    from persona.serving.materialize import materialize
+    from persona.serving.store import apply
 
-    a1 = serving.apply(settings_, spark=spark)
-    a2 = serving.apply(settings_, spark=spark)
+    a1 = apply(settings_, spark=spark)
+    a2 = apply(settings_, spark=spark)
     assert (a2["views"], a2["services"]) == (a1["views"], a1["services"]) and not a2["deleted"]
     # An explicit window re-writes every user's latest row (incremental would skip).
     start = dt.datetime.fromisoformat(first["first_day"]).replace(tzinfo=dt.timezone.utc) - dt.timedelta(days=1)
     end = dt.datetime.fromisoformat(first["last_day"]).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
     for _ in range(2):
-        m = serving.materialize(settings_, start, end, spark=spark, show_progress=False)
+        m = materialize(settings_, start, end, spark=spark, show_progress=False)
         assert m["rows"] and m["rows"] >= 60
-        assert canon_rows(serving.get_online(settings_, first["users"], service=SERVICE)) == first["online"]
+        assert canon_rows(get_online(settings_, first["users"], service=SERVICE)) == first["online"]

@@ -11,12 +11,14 @@ import sys
 import pytest
 from tests.support.sql_data import assert_same_rows, sql_home
 
-from persona.sql import engines as analytics
+from persona.sql.catalogue import BASE_TABLES, catalogue, get_view, spark_sql_over_paths
+from persona.sql.embedded import embedded_engine
+from persona.sql.query import run_query, run_view
 from core.settings import load_settings
 from core.errors import InputError, NotBuiltError
 
 pytestmark = pytest.mark.integration
-VIEWS = sorted(analytics.catalogue())
+VIEWS = sorted(catalogue())
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def settings_(home):
 
 @pytest.fixture(scope="module")
 def engine(settings_):
-    eng = analytics.embedded_engine(settings_)
+    eng = embedded_engine(settings_)
     yield eng
     eng.dispose()
 
@@ -45,11 +47,11 @@ def events(settings_):
 
 @pytest.mark.parametrize("name", VIEWS)
 def test_view_gives_the_same_rows_on_spark_and_duckdb(spark, settings_, engine, name):
-    view = analytics.get_view(name)
-    paths = {t: settings_.table(t) for t in analytics.BASE_TABLES}
-    spark_df = spark.sql(analytics.spark_sql_over_paths(view.sql, paths))
+    view = get_view(name)
+    paths = {t: settings_.table(t) for t in BASE_TABLES}
+    spark_df = spark.sql(spark_sql_over_paths(view.sql, paths))
     expected = [tuple(r) for r in spark_df.collect()]
-    got = analytics.run_view(engine, name)
+    got = run_view(engine, name)
     assert got.columns == spark_df.columns
     assert expected, f"{name}: the synthetic data should give rows"
     assert_same_rows(got.rows, expected, name)
@@ -59,7 +61,7 @@ def test_funnel_daily_matches_pandas(engine, events):
     per_user = events.assign(v=events.event_type.eq("view"), c=events.event_type.eq("cart"),
                              p=events.event_type.eq("purchase"))
     flags = per_user.groupby(["event_date", "user_id"])[["v", "c", "p"]].any()
-    rows = {r["event_date"]: r for r in analytics.run_view(engine, "funnel_daily").records()}
+    rows = {r["event_date"]: r for r in run_view(engine, "funnel_daily").records()}
     assert len(rows) == events.event_date.nunique()
     for day, f in flags.groupby(level=0):
         row = rows[day]
@@ -74,17 +76,17 @@ def test_user_profile_latest_has_one_row_per_user_at_their_latest_date(engine, s
 
     profiles = DeltaTable(settings_.table("gold.user_profiles")).to_pandas()
     latest = profiles.groupby("user_id").as_of_date.max()
-    rows = analytics.run_view(engine, "user_profile_latest").records()
+    rows = run_view(engine, "user_profile_latest").records()
     assert len(rows) == len({r["user_id"] for r in rows}) == len(latest)
     assert all(r["as_of_date"] == latest[r["user_id"]] for r in rows)
     assert all(len(r["profile_vec"]) == 8 for r in rows)
 
 
 def test_cohort_retention_and_feature_drift_are_sane(engine):
-    cohorts = analytics.run_view(engine, "cohort_retention").records()
+    cohorts = run_view(engine, "cohort_retention").records()
     assert {r["retention"] for r in cohorts if r["weeks_since"] == 0} == {1.0}
     assert all(0 < r["retention"] <= 1 for r in cohorts)
-    drift = analytics.run_view(engine, "feature_drift").records()
+    drift = run_view(engine, "feature_drift").records()
     first = min(r["as_of_date"] for r in drift)
     assert all(r["psi"] is None for r in drift if r["as_of_date"] == first)
     later = [r for r in drift if r["as_of_date"] != first]
@@ -109,7 +111,7 @@ def _table_state(settings_):
 ])
 def test_analyst_cannot_modify_through_the_query_path(engine, sql):
     with pytest.raises(InputError, match="read-only access"):
-        analytics.run_query(engine, sql)
+        run_query(engine, sql)
 
 
 def test_engine_itself_refuses_writes_when_the_check_is_bypassed(engine, settings_, tmp_path):
@@ -139,12 +141,12 @@ def test_engine_itself_refuses_writes_when_the_check_is_bypassed(engine, setting
 
 def test_parameters_are_bound_not_pasted(engine):
     sql = "select user_id from user_profile_latest where user_id = :u"
-    assert analytics.run_query(engine, sql, {"u": "u0000001"}).rows == [("u0000001",)]
-    assert analytics.run_query(engine, sql, {"u": "u0000001' or '1'='1"}).rows == []
-    got = analytics.run_view(engine, "user_profile_latest", {"user_id": "x' or '1'='1"})
+    assert run_query(engine, sql, {"u": "u0000001"}).rows == [("u0000001",)]
+    assert run_query(engine, sql, {"u": "u0000001' or '1'='1"}).rows == []
+    got = run_view(engine, "user_profile_latest", {"user_id": "x' or '1'='1"})
     assert got.rows == []
     with pytest.raises(InputError, match="has no column"):
-        analytics.run_view(engine, "user_profile_latest", {"user_id = user_id or 1": "1"})
+        run_view(engine, "user_profile_latest", {"user_id = user_id or 1": "1"})
 
 
 def test_missing_and_empty_tables(spark, home, tmp_path):
@@ -153,22 +155,22 @@ def test_missing_and_empty_tables(spark, home, tmp_path):
 
     empty_home = load_settings(home=tmp_path / "empty", environ={})
     with pytest.raises(NotBuiltError, match="bronze.events"):
-        analytics.run_view(analytics.embedded_engine(empty_home), "funnel_daily")
+        run_view(embedded_engine(empty_home), "funnel_daily")
 
     partial = load_settings(home=tmp_path / "partial", environ={})
     for t in ("bronze.events", "silver.user_behaviour"):
         shutil.copytree(load_settings(home=home, environ={}).table(t), partial.table(t))
-    eng = analytics.embedded_engine(partial)
-    assert analytics.run_view(eng, "funnel_daily").rows
+    eng = embedded_engine(partial)
+    assert run_view(eng, "funnel_daily").rows
     with pytest.raises(NotBuiltError, match="gold.user_profiles"):
-        analytics.run_view(eng, "segment_summary")
+        run_view(eng, "segment_summary")
     with pytest.raises(NotBuiltError, match="gold.user_profiles"):
-        analytics.run_query(eng, "select count(*) from gold.user_profiles")
+        run_query(eng, "select count(*) from gold.user_profiles")
 
     # An existing but empty table: typed, zero rows.
     create_if_missing(spark, partial.table("gold.user_profiles"), USER_PROFILES, ["as_of_date"])
-    eng = analytics.embedded_engine(partial)
-    got = analytics.run_view(eng, "user_profile_latest")
+    eng = embedded_engine(partial)
+    got = run_view(eng, "user_profile_latest")
     assert got.rows == [] and "profile_vec" in got.columns
 
 
@@ -180,14 +182,14 @@ def test_engine_follows_new_table_versions(spark, home, tmp_path):
     s = load_settings(home=tmp_path / "copy", environ={})
     for t in ("bronze.events", "silver.user_behaviour", "gold.user_profiles"):
         shutil.copytree(load_settings(home=home, environ={}).table(t), s.table(t))
-    first = analytics.embedded_engine(s)
-    n = analytics.run_query(first, "select count(*) from user_profile_latest").rows[0][0]
+    first = embedded_engine(s)
+    n = run_query(first, "select count(*) from user_profile_latest").rows[0][0]
     now = dt.datetime(2024, 3, 10)
     row = ("u9999999", dt.date(2024, 3, 9), now, now, [0.0] * 8, 1, "fusion-v1", "encoder-v1")
     spark.createDataFrame([row], USER_PROFILES).write.format("delta").mode("append").save(s.table("gold.user_profiles"))
-    second = analytics.embedded_engine(s)
+    second = embedded_engine(s)
     assert second.persona_catalog.path != first.persona_catalog.path
-    assert analytics.run_query(second, "select count(*) from user_profile_latest").rows[0][0] == n + 1
+    assert run_query(second, "select count(*) from user_profile_latest").rows[0][0] == n + 1
 
 
 def _cli(monkeypatch, capsys, *args):
@@ -208,7 +210,7 @@ def test_cli_prints_json_and_refuses_writes_in_one_line(home, engine, monkeypatc
     code, out, err = _cli(monkeypatch, capsys, "--home", str(home), "sql", "--view", "funnel_daily", "--format", "json")
     assert code == 0, err
     rows = json.loads(out)
-    expected = analytics.run_view(engine, "funnel_daily").records()
+    expected = run_view(engine, "funnel_daily").records()
     assert sorted(r["event_date"] for r in rows) == sorted(r["event_date"].isoformat() for r in expected)
     code, out, err = _cli(monkeypatch, capsys, "--home", str(home), "sql", "delete from silver.user_behaviour")
     assert code == 2 and out == ""

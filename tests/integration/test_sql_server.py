@@ -8,7 +8,10 @@ import pytest
 import sqlalchemy as sa
 from tests.support.sql_data import assert_same_rows, sql_home
 
-from persona.sql import engines as analytics
+from persona.sql.catalogue import catalogue
+from persona.sql.embedded import embedded_engine
+from persona.sql.query import engine_for, first_error_line, run_query, run_view
+from persona.sql.thrift import free_port, start_thrift_server
 from core.settings import load_settings
 from core.errors import InputError, ServiceError
 
@@ -26,8 +29,8 @@ def settings_(spark, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(settings_, tmp_path_factory):
-    srv = analytics.start_thrift_server(settings_, port=analytics.free_port(),
-                                        workdir=tmp_path_factory.mktemp("thrift"))
+    srv = start_thrift_server(settings_, port=free_port(),
+                              workdir=tmp_path_factory.mktemp("thrift"))
     yield srv
     srv.stop()
     assert not srv.running()
@@ -35,29 +38,29 @@ def server(settings_, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hive(server):
-    engine = analytics.engine_for(None, server.url)
+    engine = engine_for(None, server.url)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture(scope="module")
 def embedded(settings_):
-    engine = analytics.embedded_engine(settings_)
+    engine = embedded_engine(settings_)
     yield engine
     engine.dispose()
 
 
 def test_server_binds_to_loopback_and_registers_everything(server, hive):
     assert server.host == "127.0.0.1" and server.skipped_views == {}
-    tables = set(analytics.run_query(hive, "show tables").rows)
-    assert {("default", name, False) for name in analytics.catalogue()} <= tables
-    assert ("silver", "user_behaviour", False) in set(analytics.run_query(hive, "show tables in silver").rows)
+    tables = set(run_query(hive, "show tables").rows)
+    assert {("default", name, False) for name in catalogue()} <= tables
+    assert ("silver", "user_behaviour", False) in set(run_query(hive, "show tables in silver").rows)
 
 
 def test_every_view_matches_the_embedded_engine(hive, embedded):
-    for name in sorted(analytics.catalogue()):
-        remote = analytics.run_view(hive, name)
-        local = analytics.run_view(embedded, name)
+    for name in sorted(catalogue()):
+        remote = run_view(hive, name)
+        local = run_view(embedded, name)
         assert remote.columns == local.columns, name
         assert local.rows, name
         assert_same_rows(remote.rows, local.rows, name)
@@ -65,9 +68,9 @@ def test_every_view_matches_the_embedded_engine(hive, embedded):
 
 def test_bound_parameters_and_filters_on_the_server(hive):
     sql = "select user_id, segment_id from user_profile_latest where user_id = :u"
-    assert [r[0] for r in analytics.run_query(hive, sql, {"u": "u0000003"}).rows] == ["u0000003"]
-    assert analytics.run_query(hive, sql, {"u": "u0000003' or '1'='1"}).rows == []
-    assert len(analytics.run_view(hive, "funnel_daily", {"event_date": "2024-03-05"}).rows) == 1
+    assert [r[0] for r in run_query(hive, sql, {"u": "u0000003"}).rows] == ["u0000003"]
+    assert run_query(hive, sql, {"u": "u0000003' or '1'='1"}).rows == []
+    assert len(run_view(hive, "funnel_daily", {"event_date": "2024-03-05"}).rows) == 1
 
 
 def test_writes_are_refused_by_the_server_itself(hive, settings_):
@@ -89,14 +92,14 @@ def test_writes_are_refused_by_the_server_itself(hive, settings_):
         for sql in attempts:
             with pytest.raises(sa.exc.DBAPIError) as info:
                 conn.execution_options(no_parameters=True).exec_driver_sql(sql)
-            message = analytics._first_error_line(str(info.value))
+            message = first_error_line(str(info.value))
             assert "read-only" in message or "expects a table" in message.lower() or "EXPECT_TABLE" in message, (sql, message)
     assert DeltaTable(path).version() == version
     # and through persona's own query path the client check answers first
     with pytest.raises(InputError, match="read-only access: DELETE"):
-        analytics.run_query(hive, "delete from silver.user_behaviour")
+        run_query(hive, "delete from silver.user_behaviour")
 
 
 def test_second_server_on_a_taken_port_fails_clearly(server, settings_):
     with pytest.raises(ServiceError, match="already in use"):
-        analytics.start_thrift_server(settings_, port=server.port)
+        start_thrift_server(settings_, port=server.port)

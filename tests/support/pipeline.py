@@ -186,7 +186,7 @@ def baseline(spark, base_dir) -> dict:
     marker = base / "baseline.json"
     if marker.is_file():
         return json.loads(marker.read_text())
-    from persona.serving import store as serving
+    from persona.serving.lookup import get_online
 
     home = base / "home"
     events = make_log(base / "log")
@@ -196,7 +196,7 @@ def baseline(spark, base_dir) -> dict:
     result["input"] = str(events)
     result["hashes"] = warehouse_hashes(home)
     result["users"] = sample_users(home)
-    result["online"] = canon_rows(serving.get_online(settings, result["users"], service=SERVICE))
+    result["online"] = canon_rows(get_online(settings, result["users"], service=SERVICE))
     marker.write_text(json.dumps(result, default=str))
     return json.loads(marker.read_text())
 
@@ -249,13 +249,13 @@ def run_stages(spark, settings, input_dir, stages=ALL_STAGES, encoder_from: str 
     if "fuse" in stages:
         timed("fuse", lambda: fuse.run_fuse(spark, settings, as_of=last))
     if "apply" in stages:
-        from persona.serving import store as serving
+        from persona.serving.store import apply
 
-        timed("apply", lambda: serving.apply(settings, spark=spark))
+        timed("apply", lambda: apply(settings, spark=spark))
     if "materialize" in stages:
-        from persona.serving import store as serving
+        from persona.serving.materialize import materialize
 
-        timed("materialize", lambda: serving.materialize(settings, spark=spark, show_progress=False))
+        timed("materialize", lambda: materialize(settings, spark=spark, show_progress=False))
     return out
 
 
@@ -331,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         result["executor_imports"] = probe_executors(spark)
     if args.get:
-        from persona.serving import store as serving
+        from persona.serving.lookup import get_online
 
-        result["online"] = canon_rows(serving.get_online(settings, args.get.split(","), service=SERVICE))
+        result["online"] = canon_rows(get_online(settings, args.get.split(","), service=SERVICE))
     result["hashes"] = warehouse_hashes(args.home)
     if args.summary:
         Path(args.summary).write_text(json.dumps(result, default=str, indent=1))

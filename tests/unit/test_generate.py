@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
-from persona.demo.generator import EVENT_COLUMNS, EVENT_TYPES, GROUP_NAMES, TARGET_MIX, generate
+from persona.demo.generator import EVENT_COLUMNS, EVENT_TYPES, GROUP_NAMES, generate
+from persona.demo.simulate import TARGET_MIX
 
 START = date(2024, 3, 1)
 

@@ -10,7 +10,18 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from persona.sql import engines as analytics
+from persona.sql.catalogue import (
+    BASE_TABLES,
+    SQL_DIR,
+    catalogue,
+    get_view,
+    spark_sql_over_paths,
+    translate,
+    translate_from,
+)
+from persona.sql.guard import check_read_only
+from persona.sql.query import _coerce, first_error_line
+from persona.sql.thrift import GUARD_CLASS, GUARD_SOURCE, server_setup_statements
 from core.errors import InputError
 
 REQUIRED = {
@@ -26,7 +37,7 @@ REQUIRED = {
 
 @pytest.fixture(scope="module")
 def views():
-    return analytics.catalogue()
+    return catalogue()
 
 
 def _code(text: str) -> str:
@@ -42,13 +53,13 @@ def test_catalogue_has_the_issue_views(views):
 def test_base_tables_match_the_schema_contract():
     from spark_jobs.schemas import TABLES
 
-    assert set(analytics.BASE_TABLES) == set(TABLES)
+    assert set(BASE_TABLES) == set(TABLES)
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_view_file_conventions(views, name):
     view = views[name]
-    text = (analytics.SQL_DIR / f"{name}.sql").read_text()
+    text = (SQL_DIR / f"{name}.sql").read_text()
     # a grain comment first, lowercase code, CTE-first, no trailing statement separator
     assert text.startswith("-- grain: one row per"), name
     assert view.grain.startswith("one row per")
@@ -59,7 +70,7 @@ def test_view_file_conventions(views, name):
     tree = sqlglot.parse_one(view.sql, read="spark")
     assert isinstance(tree, exp.Select) and tree.find(exp.With) is not None
     assert tree.args.get("order") is None, f"{name}: a view does not order its rows"
-    assert set(view.tables) <= set(analytics.BASE_TABLES)
+    assert set(view.tables) <= set(BASE_TABLES)
     assert view.tables, name
 
 
@@ -73,20 +84,20 @@ def test_views_translate_to_duckdb_sql_duckdb_parses(views, name):
 
 
 def test_translation_of_dialect_differences():
-    out = analytics.translate("select try_element_at(xs, 1) as a, datediff(d2, d1) div 7 as w from t", "duckdb")
+    out = translate("select try_element_at(xs, 1) as a, datediff(d2, d1) div 7 as w from t", "duckdb")
     assert "xs[1]" in out and "DATE_DIFF('DAY'" in out and "// 7" in out
 
 
 def test_translate_from_rejects_garbage():
     with pytest.raises(ValueError, match="cannot translate"):
-        analytics.translate_from("select (", "spark", "duckdb")
+        translate_from("select (", "spark", "duckdb")
 
 
 def test_get_view_accepts_only_catalogue_names():
-    assert analytics.get_view("funnel_daily").name == "funnel_daily"
+    assert get_view("funnel_daily").name == "funnel_daily"
     for bad in ("nope", "funnel_daily; drop table x", "FUNNEL_DAILY", "../funnel_daily", ""):
         with pytest.raises(InputError, match="unknown view"):
-            analytics.get_view(bad)
+            get_view(bad)
 
 
 @pytest.mark.parametrize("sql", [
@@ -99,7 +110,7 @@ def test_get_view_accepts_only_catalogue_names():
     "select * from funnel_daily where event_date = $1",
 ])
 def test_duckdb_reads_pass(sql):
-    analytics.check_read_only(sql, "duckdb")
+    check_read_only(sql, "duckdb")
 
 
 @pytest.mark.parametrize("sql,kind", [
@@ -119,20 +130,20 @@ def test_duckdb_reads_pass(sql):
 ])
 def test_duckdb_writes_are_refused(sql, kind):
     with pytest.raises(InputError, match=f"read-only access: {kind}"):
-        analytics.check_read_only(sql, "duckdb")
+        check_read_only(sql, "duckdb")
 
 
 def test_multiple_statements_are_refused():
     with pytest.raises(InputError, match="one statement"):
-        analytics.check_read_only("select 1; delete from t", "duckdb")
+        check_read_only("select 1; delete from t", "duckdb")
     with pytest.raises(InputError, match="one statement"):
-        analytics.check_read_only("select 1; select 2", "spark")
+        check_read_only("select 1; select 2", "spark")
 
 
 @pytest.mark.parametrize("sql", ["select 1", "show tables", "describe funnel_daily", "explain select 1",
                                  "with a as (select 1) select * from a"])
 def test_other_dialect_reads_pass(sql):
-    analytics.check_read_only(sql, "spark")
+    check_read_only(sql, "spark")
 
 
 @pytest.mark.parametrize("sql,dialect", [
@@ -151,13 +162,13 @@ def test_other_dialect_reads_pass(sql):
 ])
 def test_other_dialect_writes_are_refused(sql, dialect):
     with pytest.raises(InputError):
-        analytics.check_read_only(sql, dialect)
+        check_read_only(sql, dialect)
 
 
 def test_spark_sql_over_paths_rewrites_only_base_tables(views):
-    paths = {t: f"/wh/{t.replace('.', '/')}" for t in analytics.BASE_TABLES}
+    paths = {t: f"/wh/{t.replace('.', '/')}" for t in BASE_TABLES}
     paths["silver.user_behaviour"] = "/wh/odd`name"
-    out = analytics.spark_sql_over_paths(views["segment_summary"].sql, paths)
+    out = spark_sql_over_paths(views["segment_summary"].sql, paths)
     assert "delta.`/wh/gold/user_profiles`" in out
     assert "delta.`/wh/odd``name`" in out  # backtick escaped, not closing the identifier
     assert "silver.user_behaviour" not in out
@@ -170,7 +181,7 @@ def test_server_setup_registers_present_tables_and_skips_views_needing_missing_o
     s = load_settings(home=tmp_path, environ={})
     for t in ("bronze.events", "silver.user_behaviour"):
         Path(s.table(t), "_delta_log").mkdir(parents=True)
-    statements, skipped = analytics.server_setup_statements(s)
+    statements, skipped = server_setup_statements(s)
     assert "CREATE DATABASE IF NOT EXISTS bronze" in statements
     assert f"CREATE OR REPLACE VIEW silver.user_behaviour AS SELECT * FROM delta.`{s.table('silver.user_behaviour')}`" in statements
     created = {m.group(1) for st in statements for m in [re.match(r"CREATE OR REPLACE VIEW default\.(\w+)", st)] if m}
@@ -184,24 +195,24 @@ def test_first_error_line_extracts_spark_and_guard_messages():
               "['*org.apache.hive.service.cli.HiveSQLException:Error running query: java.lang.SecurityException: "
               "persona sql-server is read-only: DeleteCommand (a statement that writes or changes the catalog) "
               "is not allowed:42:41', 'org.apache...'])")
-    assert analytics._first_error_line(thrift) == (
+    assert first_error_line(thrift) == (
         "persona sql-server is read-only: DeleteCommand (a statement that writes or changes the catalog) is not allowed")
     spark = ("TStatus(statusCode=3, infoMessages=[\"*org.apache.hive.service.cli.HiveSQLException:Error running "
              "query: [TABLE_OR_VIEW_NOT_FOUND] org.apache.spark.sql.AnalysisException: [TABLE_OR_VIEW_NOT_FOUND] "
              "The table or view `nope` cannot be found.:41:40\", 'x'])")
-    assert analytics._first_error_line(spark).startswith("[TABLE_OR_VIEW_NOT_FOUND]")
+    assert first_error_line(spark).startswith("[TABLE_OR_VIEW_NOT_FOUND]")
 
 
 def test_filter_values_are_typed():
     import datetime as dt
 
-    assert analytics._coerce("3") == 3
-    assert analytics._coerce("0.5") == 0.5
-    assert analytics._coerce("2024-03-05") == dt.date(2024, 3, 5)
-    assert analytics._coerce("u1' or '1'='1") == "u1' or '1'='1"
+    assert _coerce("3") == 3
+    assert _coerce("0.5") == 0.5
+    assert _coerce("2024-03-05") == dt.date(2024, 3, 5)
+    assert _coerce("u1' or '1'='1") == "u1' or '1'='1"
 
 
 def test_guard_source_refuses_commands_and_reflection():
-    java = analytics.GUARD_SOURCE.read_text()
+    java = GUARD_SOURCE.read_text()
     assert "injectCheckRule" in java and "instanceof Command" in java and "Reflect" in java
-    assert analytics.GUARD_CLASS == "persona.sql." + analytics.GUARD_SOURCE.stem
+    assert GUARD_CLASS == "persona.sql." + GUARD_SOURCE.stem
