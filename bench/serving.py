@@ -20,7 +20,7 @@ Measured in one run, so the ratios hold on a noisy shared machine:
 - online_p50/p99_ms_1 and _100: Feast SDK ``get_online_features(recommender_v1).to_dict()``
   through persona's online store; the same through Feast's stock Redis store; raw
   HGETALL (1 key; 100 keys pipelined) as the floor.
-- http_p50/p99_ms_1: ``persona serve`` (persona/feast_server.py: Feast's
+- http_p50/p99_ms_1: ``persona serve`` (persona/serving/http.py: Feast's
   /get-online-features JSON from a lean threaded server) over loopback, one user,
   keep-alive connection; beside Feast's own feature server on Feast's stock Redis store.
 - historical_s_100k: a point-in-time training set for N entity rows (random users, random
@@ -451,7 +451,7 @@ def _duckdb_historical(settings, entity, work: Path, extra: int = 0) -> float:
 
     DuckDB reads Delta through its delta extension, which it downloads on first use (no
     network here). So each view reads the table's *active* Parquet files, as listed by
-    the Delta log (delta-rs ``file_uris``, as persona/analytics.py does), linked into one
+    the Delta log (delta-rs ``file_uris``, as persona/sql/embedded.py does), linked into one
     folder per table: removed or vacuumable files are never read.
     """
     from urllib.parse import unquote, urlparse

@@ -183,7 +183,7 @@ class FeastSettings(_Section):
     ttl_days: int = 30
     server_port: int = 6566
     server_host: str = "127.0.0.1"
-    # `persona serve`: "persona" (persona/feast_server.py: a lean threaded server speaking
+    # `persona serve`: "persona" (persona/serving/http.py: a lean threaded server speaking
     # Feast's /get-online-features JSON through the SDK) or "feast" (Feast's FastAPI server).
     server: Literal["persona", "feast"] = "persona"
     # Materialization: "persona" (Spark executors encode Feast's Redis bytes from

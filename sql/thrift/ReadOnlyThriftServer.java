@@ -3,7 +3,7 @@
  * tables, with the curated views registered and every write refused.
  *
  * Input: argv[0] is a file of setup statements (CREATE DATABASE / CREATE VIEW, each
- * followed by a line holding only ";"), written by persona/analytics.py. They run in
+ * followed by a line holding only ";"), written by persona/sql/thrift.py. They run in
  * this JVM before the port opens; then the guard is locked and the Thrift service
  * starts on the host/port given by spark.hadoop.hive.server2.thrift.{bind.host,port}.
  *

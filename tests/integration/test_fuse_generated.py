@@ -9,7 +9,7 @@ vectors, dim 8): the trained encoder's embedding explains <= 3 % of the planted-
 variance per dimension on this data (measured, docs/fusion.md), so this
 is what fusion gets from it, minus ~2.5 minutes of TensorFlow.
 
-The planted groups (persona/generate.py) differ in rates, not volume: browsers (few
+The planted groups (persona/demo/simulate.py) differ in rates, not volume: browsers (few
 carts/purchases, long sessions), buyers (cart and purchase rates x3-4), night owls (~85 %
 of sessions at night), explorers (searches x3, broad categories). Activity is lognormal
 for everyone, so a segmentation that follows volume scores ARI ~0 (it did: 0.009 and
