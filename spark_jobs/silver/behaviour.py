@@ -22,16 +22,20 @@ writes exactly what a backfill writes).
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.delta_log import stats_day_max
+from core.errors import InputError, NotBuiltError
 from core.tables import LONGEST_WINDOW
-from spark_jobs.schemas import USER_BEHAVIOUR, USER_DAILY
+from spark_jobs import delta_io
+from spark_jobs.schemas import USER_BEHAVIOUR, USER_DAILY, USER_SEQUENCES
 from spark_jobs.silver.partials import KIND_DAY, BehaviourParams, daily_partials
 from spark_jobs.silver.quality import gate as quality_gate
 from spark_jobs.silver.rollup import features_from_partials
+from spark_jobs.silver.sequences import user_sequences
 from spark_jobs.silver.windows import window_read_range
 
 BRONZE = "bronze.events"
@@ -41,8 +45,6 @@ DAILY = "silver.user_daily"
 
 
 def _bronze(spark: SparkSession, settings) -> DataFrame:
-    from spark_jobs import delta_io
-
     return delta_io.read(spark, settings.table(BRONZE), "bronze.events: run `persona ingest` first")
 
 
@@ -52,8 +54,6 @@ def latest_complete_day(spark: SparkSession, settings, today: dt.date | None = N
     A historical log (generated, Taobao 2017) ends on a complete day; a live feed's
     current day is still filling up, so the default build stops at yesterday.
     """
-    from core.errors import NotBuiltError
-
     today = today or dt.datetime.now(dt.timezone.utc).date()
     yesterday = today - dt.timedelta(days=1)
     row = (
@@ -82,8 +82,6 @@ def day_ingested(events: DataFrame, lo: dt.date, hi: dt.date) -> dict[dt.date, o
 
 def partial_ingested(spark: SparkSession, daily_path: str, lo: dt.date, hi: dt.date) -> dict[dt.date, object]:
     """event_date -> the ``ingested_at`` the stored partial of that day was computed from."""
-    from spark_jobs import delta_io
-
     if not delta_io.is_delta(spark, daily_path):
         return {}
     return day_ingested(
@@ -124,8 +122,6 @@ def refresh_partials(
     statistics when they can answer exactly (``events_path`` given, local tables):
     two log reads instead of two Spark scans, which is most of a refresh's fixed cost.
     """
-    from spark_jobs import delta_io
-
     have = None
     if expected is None:
         expected = stats_day_max(events_path, "ingested_at", lo, hi)
@@ -160,8 +156,6 @@ def refresh_range(
     as-of days [start, end] of ``out_path`` (replaceWhere on ``as_of_date``).
     ``events_path``: where ``events`` is stored (lets the staleness check read Delta
     statistics instead of scanning; see ``refresh_partials``)."""
-    from spark_jobs import delta_io
-
     lo, hi = window_read_range(start, end)
     recomputed = refresh_partials(spark, events, daily_path, lo, hi, params, expected, always, events_path)
     partials = spark.read.format("delta").load(daily_path)
@@ -172,8 +166,6 @@ def refresh_range(
 
 def _built_days(spark: SparkSession, settings, start: dt.date, end: dt.date) -> dict[dt.date, object]:
     """as_of_date -> max(created_timestamp) of the behaviour rows already written."""
-    from spark_jobs import delta_io
-
     path = settings.table(BEHAVIOUR)
     if not delta_io.is_delta(spark, path):
         return {}
@@ -239,10 +231,6 @@ def build_range(
     Sequences are written first: the behaviour rows double as the "day is built" marker
     that resumable backfills check, so a pass interrupted in between is redone.
     """
-    from spark_jobs import delta_io
-    from spark_jobs.schemas import USER_SEQUENCES
-    from spark_jobs.silver.sequences import user_sequences
-
     events = _bronze(spark, settings)
     params = BehaviourParams.from_settings(settings)
     seq = user_sequences(events, start, end, settings.behaviour.sequence_length)
@@ -257,8 +245,6 @@ def build_range(
 def run_build(spark: SparkSession, settings, as_of: dt.date | None = None) -> dict:
     """Refresh one as-of day (default: the latest complete day in bronze). Always
     recomputes it; reads only the 30 ``event_date`` partitions its windows need."""
-    import time
-
     t0 = time.perf_counter()
     day = as_of or latest_complete_day(spark, settings)
     # The data-quality gate judges the day being published before anything is written
@@ -292,10 +278,6 @@ def run_backfill(
     Re-running a finished backfill does nothing; re-running after late data recomputes
     only the as-of days whose windows hold it.
     """
-    import time
-
-    from core.errors import InputError
-
     if end < start:
         raise InputError(f"backfill end {end} is before its start {start}")
     t0 = time.perf_counter()
