@@ -229,7 +229,9 @@ def build_range(
     (and the daily partials of [start-29, end] that are missing, stale or in ``always``).
 
     Sequences are written first: the behaviour rows double as the "day is built" marker
-    that resumable backfills check, so a pass interrupted in between is redone.
+    that resumable backfills check, so a pass interrupted in between is redone. No
+    data-quality gate here: ``run_build`` and ``run_backfill`` run it before calling
+    this, so a day the gate stops is never written.
     """
     events = _bronze(spark, settings)
     params = BehaviourParams.from_settings(settings)
@@ -238,7 +240,6 @@ def build_range(
     seq_rows = delta_io.commit_rows(spark, settings.table(SEQUENCES))
     done = refresh_range(spark, events, settings.table(DAILY), settings.table(BEHAVIOUR), start, end, params,
                          per_day, always, events_path=settings.table(BRONZE))
-    # The data-quality gate runs after this, from persona/commands/build.py (_quality_gate).
     return {"behaviour_rows": delta_io.commit_rows(spark, settings.table(BEHAVIOUR)), "sequence_rows": seq_rows, **done}
 
 
