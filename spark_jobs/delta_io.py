@@ -21,6 +21,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from core import delta_log
 from core.errors import NotBuiltError
 from spark_jobs.schemas import conform
 
@@ -122,7 +123,12 @@ def commit_rows(spark: SparkSession, path: str) -> int | None:
 
 
 def partition_values(spark: SparkSession, path: str, col: str) -> list:
-    """Distinct values of a partition column, read from the Delta log (no data scan)."""
+    """Distinct non-null values of a partition column, sorted. Read from the Delta log
+    (delta-rs, no Spark job) when it can answer exactly; otherwise (remote storage,
+    deletion vectors, no statistics) a Spark scan of that one column."""
+    values = delta_log.partition_values(path, col)
+    if values is not None:
+        return values
     if not is_delta(spark, path):
         return []
     rows = spark.read.format("delta").load(path).select(col).distinct().collect()
