@@ -152,9 +152,7 @@ def key_day_rows(events: DataFrame, params: BehaviourParams) -> DataFrame:
         F.sum("r.score").alias("score"))
 
 
-def daily_partials(
-    events: DataFrame, lo: dt.date, hi: dt.date, params: BehaviourParams, partitions: int | None = None
-) -> DataFrame:
+def daily_partials(events: DataFrame, lo: dt.date, hi: dt.date, params: BehaviourParams) -> DataFrame:
     """Bronze events -> ``USER_DAILY`` rows (plus ``day``) for the event dates [lo, hi].
 
     Pure. The filter on ``event_date`` is what the Delta scan turns into partition

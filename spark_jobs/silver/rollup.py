@@ -331,12 +331,13 @@ def behaviour_features(
     the daily partials of [start-29, end] rolled up, in one plan (one shuffle). Pure.
 
     ``events`` may hold any dates: only [start-29, end] is used, and nothing after an
-    as-of day ever reaches its row.
+    as-of day ever reaches its row. ``partitions``: the roll-up's one shuffle (default
+    ``spark.sql.shuffle.partitions``); the partials never shuffle the raw events.
     """
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     lo, hi = window_read_range(start, end)
-    partials = daily_partials(events, lo, hi, params, partitions)
+    partials = daily_partials(events, lo, hi, params)
     return features_from_partials(partials, start, end, params, partitions)
 
 
