@@ -28,7 +28,8 @@ def _is_local(master: str) -> bool:
 
 
 def spark_conf(settings: Settings) -> dict[str, str]:
-    """Every Spark setting persona applies, as a plain dict (also used by Feast)."""
+    """Every Spark setting persona applies, as a plain dict (also what Feast's offline
+    store and the SQL server's spark-submit line are configured with)."""
     s = settings.spark
     jars = cached_jars(s.jars_dir or None)
     conf = {
