@@ -155,7 +155,7 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     from pyspark.sql import functions as F
 
     from spark_jobs import delta_io
-    from spark_jobs.silver import behaviour
+    from spark_jobs.silver import behaviour, partials
     from spark_jobs.schemas import USER_BEHAVIOUR
     from spark_jobs.silver.sequences import user_sequences
 
@@ -164,7 +164,7 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     n = bronze.count()
     end = START + dt.timedelta(days=DAYS - 1)
     start = end - dt.timedelta(days=29)
-    params = behaviour.BehaviourParams.from_settings(settings)
+    params = partials.BehaviourParams.from_settings(settings)
     out = str(CACHE_DIR / "out" / "user_behaviour")
     daily = str(CACHE_DIR / "out" / "user_daily")
     shutil.rmtree(out, ignore_errors=True)
@@ -184,7 +184,7 @@ def _run_size(spark, settings, n_events: int, repeat: int) -> dict:
     inc = min(timed(lambda: spark_refresh(end))[0] for _ in range(repeat))
     seq = timed(lambda: spark_seq(start, end))[0]
     rows = spark.read.format("delta").load(out).where(F.col("as_of_date").between(start, end)).count()
-    plan = behaviour.daily_partials(bronze, end, end, params)._jdf.queryExecution().executedPlan().toString()
+    plan = partials.daily_partials(bronze, end, end, params)._jdf.queryExecution().executedPlan().toString()
     pruning = sorted({line.split("PartitionFilters: ")[1].split("]")[0] + "]"
                       for line in plan.splitlines() if "PartitionFilters: " in line})
 

@@ -1,8 +1,9 @@
 """Delta tables read straight from their transaction log with delta-rs: no JVM, no Spark job.
 
-Three readers use it: the embedded SQL engine (the active Parquet files of a table
+Four readers use it: the embedded SQL engine (the active Parquet files of a table
 version), the daily refresh's staleness check (per-partition maxima from the files'
-statistics) and materialization (the newest ``event_timestamp``). All of them must
+statistics), the listing of a table's partition values (``spark_jobs.delta_io``) and
+materialization (the newest ``event_timestamp``). All of them must
 refuse a table whose files a plain Parquet reader would misread, so that check lives
 here once (:func:`plain_parquet_blockers`).
 """
@@ -79,6 +80,26 @@ def delta_snapshot(name: str, path: str) -> DeltaSnapshot | None:
     )
 
 
+def _add_actions(path: str | None, names: tuple[str, ...]) -> list[tuple] | None:
+    """The columns ``names`` of the table's add actions (flattened: ``partition.<col>``,
+    ``num_records``, ``null_count.<col>``, ``max.<col>``...), one tuple per live file;
+    None when they cannot be trusted to describe the rows: no path, a remote or absent
+    table, deletion vectors or column mapping (a file's statistics would still count
+    deleted rows), or a column the log does not record."""
+    if not path or not is_local_path(path):
+        return None
+    try:
+        table = DeltaTable(path.removeprefix("file://"))
+        if plain_parquet_blockers(table):
+            return None
+        actions = table.get_add_actions(flatten=True)
+        if any(n not in actions.column_names for n in names):
+            return None
+        return list(zip(*(actions.column(n).to_pylist() for n in names)))
+    except Exception:  # no table, an unreadable log: the caller scans instead
+        return None
+
+
 def stats_day_max(path: str | None, column: str, lo: dt.date, hi: dt.date) -> dict[dt.date, object] | None:
     """event_date -> max(``column``) over [lo, hi], from the Delta log's per-file
     statistics (no data read), or None when the statistics cannot answer exactly: no
@@ -90,18 +111,8 @@ def stats_day_max(path: str | None, column: str, lo: dt.date, hi: dt.date) -> di
     The values are the statistics' (Delta keeps timestamps to the millisecond), so they
     are only ever compared with values from this same function.
     """
-    if not path or not is_local_path(path):
-        return None
-    try:
-        table = DeltaTable(path.removeprefix("file://"))
-        if plain_parquet_blockers(table):
-            return None
-        actions = table.get_add_actions(flatten=True)
-        names = ("partition.event_date", "num_records", f"null_count.{column}", f"max.{column}")
-        if any(n not in actions.column_names for n in names):
-            return None
-        rows = zip(*(actions.column(n).to_pylist() for n in names))
-    except Exception:  # no table, an unreadable log: the caller scans instead
+    rows = _add_actions(path, ("partition.event_date", "num_records", f"null_count.{column}", f"max.{column}"))
+    if rows is None:
         return None
     out: dict[dt.date, object] = {}
     for day, n, nulls, top in rows:
@@ -117,6 +128,19 @@ def stats_day_max(path: str | None, column: str, lo: dt.date, hi: dt.date) -> di
             return None
         out[day] = top if day not in out else max(out[day], top)
     return out
+
+
+def partition_values(path: str | None, column: str) -> list | None:
+    """The distinct non-null values of partition column ``column`` among the files that
+    hold rows, sorted, from the log's add actions (no data read); None when the log
+    cannot answer exactly: no path, a remote or absent table, deletion vectors or column
+    mapping (a file may hold only deleted rows), or a file without a row count."""
+    rows = _add_actions(path, (f"partition.{column}", "num_records"))
+    if rows is None:
+        return None
+    if any(n is None for _, n in rows):
+        return None  # written without statistics
+    return sorted({value for value, n in rows if n > 0 and value is not None})
 
 
 def latest_event_timestamp(path: str) -> dt.datetime | None:

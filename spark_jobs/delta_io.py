@@ -9,20 +9,26 @@ previous table version readable.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import time
 from typing import Callable, Iterable
 
+# Importing delta.exceptions also installs the conversion of the JVM's commit-conflict
+# exceptions into these Python classes (what retry_conflicts catches).
+from delta import exceptions as dx
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from core import delta_log
 from core.errors import NotBuiltError
 from spark_jobs.schemas import conform
 
+_log = logging.getLogger(__name__)
+
 
 def is_delta(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
     try:
         return DeltaTable.isDeltaTable(spark, path)
     except Exception:  # a missing directory is not a table
@@ -48,35 +54,25 @@ def _sql_date(d: dt.date) -> str:
 # only on their input and range (replaceWhere) or on nothing (an empty table), so a
 # retry converges to what a serial run leaves. Bounded, with a jittered backoff.
 CONFLICT_RETRIES = 4
-
-
-def _conflict_types() -> tuple[type, ...]:
-    # Importing delta.exceptions installs the conversion of the JVM's exceptions into
-    # these classes.
-    from delta import exceptions as dx
-
-    return (
-        dx.ProtocolChangedException, dx.MetadataChangedException, dx.ConcurrentAppendException,
-        dx.ConcurrentDeleteReadException, dx.ConcurrentDeleteDeleteException,
-        dx.ConcurrentWriteException, dx.ConcurrentTransactionException,
-        dx.DeltaConcurrentModificationException,
-    )
+_CONFLICTS = (
+    dx.ProtocolChangedException, dx.MetadataChangedException, dx.ConcurrentAppendException,
+    dx.ConcurrentDeleteReadException, dx.ConcurrentDeleteDeleteException,
+    dx.ConcurrentWriteException, dx.ConcurrentTransactionException,
+    dx.DeltaConcurrentModificationException,
+)
 
 
 def retry_conflicts(write: Callable[[], None], retries: int = CONFLICT_RETRIES) -> int:
     """Run ``write`` (an idempotent Delta write), retrying it on a concurrent-commit
     conflict; returns the number of retries it took."""
-    conflicts = _conflict_types()
     for attempt in range(retries + 1):
         try:
             write()
             return attempt
-        except conflicts as exc:
+        except _CONFLICTS as exc:
             if attempt == retries:
                 raise
-            import logging
-
-            logging.getLogger(__name__).warning(
+            _log.warning(
                 "concurrent Delta commit (%s); retrying the write (%d/%d)",
                 type(exc).__name__, attempt + 1, retries)
             time.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random()))
@@ -119,8 +115,6 @@ def create_if_missing(spark: SparkSession, path: str, schema: StructType, partit
 def commit_rows(spark: SparkSession, path: str) -> int | None:
     """Rows written by the table's last commit, from Delta's operation metrics (no scan);
     None when the commit recorded none (callers that need the number count instead)."""
-    from delta.tables import DeltaTable  # deferred: delta's Python API pulls in pyspark's JVM glue
-
     try:
         metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"] or {}
         return int(metrics["numOutputRows"])
@@ -129,7 +123,12 @@ def commit_rows(spark: SparkSession, path: str) -> int | None:
 
 
 def partition_values(spark: SparkSession, path: str, col: str) -> list:
-    """Distinct values of a partition column, read from the Delta log (no data scan)."""
+    """Distinct non-null values of a partition column, sorted. Read from the Delta log
+    (delta-rs, no Spark job) when it can answer exactly; otherwise (remote storage,
+    deletion vectors, no statistics) a Spark scan of that one column."""
+    values = delta_log.partition_values(path, col)
+    if values is not None:
+        return values
     if not is_delta(spark, path):
         return []
     rows = spark.read.format("delta").load(path).select(col).distinct().collect()

@@ -5,6 +5,7 @@ never touch the network (``python -m spark_jobs.jars`` is what ``make install`` 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -50,9 +51,10 @@ def _artifact(jar_name: str) -> str:
 
 
 def _spark_artifacts() -> set[str]:
-    import pyspark
-
-    return {_artifact(j.name) for j in Path(pyspark.__file__).parent.joinpath("jars").glob("*.jar")}
+    # Located, not imported: the CLI imports this module at start-up, and importing
+    # pyspark costs about half a second.
+    pyspark_dir = Path(importlib.util.find_spec("pyspark").origin).parent
+    return {_artifact(j.name) for j in pyspark_dir.joinpath("jars").glob("*.jar")}
 
 
 def resolve(jars_dir: str | os.PathLike | None = None, quiet: bool = False) -> list[Path]:

@@ -105,7 +105,7 @@ USER_SEQUENCES = StructType(
 )
 
 # silver.user_daily: the behaviour job's daily partial aggregates, one row per
-# (user_id, kind, key, event_date), partitioned by event_date (see spark_jobs/behaviour.py).
+# (user_id, kind, key, event_date), partitioned by event_date (see spark_jobs/silver/partials.py).
 # kind 0 (key "") carries the day's additive partials; the other kinds (item, category,
 # query, source session, brand) only their summed interest weight in `score`.
 USER_DAILY = StructType(

@@ -7,24 +7,29 @@ argument; only entry points call this.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.settings import Settings, load_settings
 from spark_jobs.jars import cached_jars
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-    from core.settings import Settings
 
 
 def _is_local(master: str) -> bool:
     return master.startswith("local")
 
 
-def spark_conf(settings: "Settings") -> dict[str, str]:
-    """Every Spark setting persona applies, as a plain dict (also used by Feast)."""
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """Every Spark setting persona applies, as a plain dict (also what Feast's offline
+    store and the SQL server's spark-submit line are configured with)."""
     s = settings.spark
     jars = cached_jars(s.jars_dir or None)
     conf = {
@@ -64,16 +69,16 @@ def spark_conf(settings: "Settings") -> dict[str, str]:
     return conf
 
 
-def get_spark(settings: "Settings | None" = None) -> "SparkSession":
+def get_spark(settings: Settings | None = None) -> "SparkSession":
     """The active session, or a new one configured from ``settings``."""
+    # deferred: spark_conf() also serves processes that start no session here (Feast's
+    # configuration, the SQL server's spark-submit line); pyspark takes ~0.5 s to import.
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     if settings is None:
-        from core.settings import load_settings
-
         settings = load_settings()
     conf = spark_conf(settings)
     # Executors launched later (standalone / yarn / k8s) read these from the environment.
@@ -126,15 +131,10 @@ SHIPPED_PACKAGES = ("core", "encoders", "spark_jobs", "persona")
 def code_archive(directory: str | None = None) -> str:
     """A zip of the project's Python packages, named by a hash of its content (so a
     changed file never reuses a stale archive); built once per content."""
-    import hashlib
-    import importlib
-    import tempfile
-    import zipfile
-    from pathlib import Path
-
     files: list[tuple[Path, str]] = []
     for name in SHIPPED_PACKAGES:
-        root = Path(importlib.import_module(name).__file__).resolve().parent
+        # Located, not imported: the jobs must not load the application to ship it.
+        root = Path(importlib.util.find_spec(name).submodule_search_locations[0]).resolve()
         files += [(f, str(f.relative_to(root.parent))) for f in sorted(root.rglob("*.py"))]
     digest = hashlib.sha256()
     for f, arc in files:

@@ -12,12 +12,14 @@ quarantine rows on a record hash: ingesting a file twice adds nothing.
 
 from __future__ import annotations
 
+import csv
 import glob as globlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
@@ -163,8 +165,6 @@ def sniff(path: str, fmt: str) -> str | None:
 
 def _csv_fields(line: str) -> list[str]:
     """Fields of one CSV line, honouring quotes (headers are often quoted)."""
-    import csv
-
     return next(csv.reader([line]), [])
 
 
@@ -282,8 +282,6 @@ def run_ingest(spark: SparkSession, settings, path: str, fmt: str, progress=None
 
 
 def _write(spark: SparkSession, settings, staged: DataFrame, files: list[str], fmt: str) -> dict:
-    from delta.tables import DeltaTable
-
     summary = IngestSummary(files=len(files))
     stats = staged.groupBy("reason").count().collect()
     summary.read = sum(r["count"] for r in stats)

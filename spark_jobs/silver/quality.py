@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import InputError
+from spark_jobs import delta_io
 
 EVENTS = "bronze.events"
 TRAILING_DAYS = 7
@@ -152,8 +153,6 @@ def check(spark: SparkSession, settings, days: list[dt.date]) -> QualityReport:
     """Assess the given event days against bronze.events (reads only the needed partitions)."""
     if not days:
         return QualityReport([])
-    from spark_jobs import delta_io
-
     path = settings.table(EVENTS)
     if not delta_io.is_delta(spark, path):
         return QualityReport([])

@@ -1,5 +1,6 @@
-"""Day arithmetic shared by the silver jobs (behaviour and sequences): day numbers, the
-end-of-day timestamp Feast joins on, and which event dates an as-of range reads."""
+"""Day arithmetic shared by the silver modules (roll-up, behaviour jobs, sequences): day
+numbers, the end-of-day timestamp Feast joins on, and which event dates an as-of range
+reads."""
 
 from __future__ import annotations
 

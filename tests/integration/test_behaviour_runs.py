@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from core import delta_log
-from spark_jobs.silver import behaviour
+from spark_jobs.silver import behaviour, partials, rollup
 from spark_jobs.schemas import EVENTS
 
 pytestmark = pytest.mark.integration
@@ -84,13 +84,13 @@ def test_latest_complete_day(spark, module_settings, log):
 
 def test_build_reads_only_its_window_partitions(spark, module_settings, log):
     bronze = spark.read.format("delta").load(module_settings.table("bronze.events"))
-    params = behaviour.BehaviourParams.from_settings(module_settings)
+    params = partials.BehaviourParams.from_settings(module_settings)
     # The plan's text cuts each scan's metadata at spark.sql.maxMetadataStringLength (100)
     # characters: long expression ids (late in a test run) would cut the dates off.
     previous = spark.conf.get("spark.sql.maxMetadataStringLength")
     spark.conf.set("spark.sql.maxMetadataStringLength", "1000")
     try:
-        plan = behaviour.behaviour_features(bronze, D, D, params)._jdf.queryExecution().executedPlan().toString()
+        plan = rollup.behaviour_features(bronze, D, D, params)._jdf.queryExecution().executedPlan().toString()
     finally:
         spark.conf.set("spark.sql.maxMetadataStringLength", previous)
     scans = [line for line in plan.splitlines() if "FileScan" in line or "PartitionFilters" in line]
@@ -104,7 +104,7 @@ def test_build_reads_only_its_window_partitions(spark, module_settings, log):
     assert pruned.select("event_date").distinct().count() == 30
     assert len({f.split("event_date=")[1][:10] for f in pruned.inputFiles()}) == 30
     # a daily refresh computes only its own day's partial from bronze: one partition
-    plan = behaviour.daily_partials(bronze, D, D, params)._jdf.queryExecution().executedPlan().toString()
+    plan = partials.daily_partials(bronze, D, D, params)._jdf.queryExecution().executedPlan().toString()
     scans = [line for line in plan.splitlines() if "PartitionFilters" in line]
     assert scans and all(line.count(D.isoformat()) >= 2 and lo not in line for line in scans), plan
 
@@ -172,7 +172,7 @@ def test_late_data_recomputes_exactly_the_affected_days(spark, module_settings, 
         assert after[d] != before[d]
     # the rebuilt rows are what a from-scratch computation over today's bronze gives
     bronze = spark.read.format("delta").load(module_settings.table("bronze.events"))
-    fresh = behaviour.behaviour_features(bronze, a, b, behaviour.BehaviourParams.from_settings(module_settings))
+    fresh = rollup.behaviour_features(bronze, a, b, partials.BehaviourParams.from_settings(module_settings))
     row_hash = F.xxhash64(*[F.col(c) for c in fresh.columns])
     table = spark.read.format("delta").load(module_settings.table("silver.user_behaviour")).where(
         (F.col("as_of_date") >= F.lit(a)) & (F.col("as_of_date") <= F.lit(b)))
@@ -182,7 +182,7 @@ def test_late_data_recomputes_exactly_the_affected_days(spark, module_settings, 
     assert tuple(got) == tuple(want)
     # and the stored daily partials are what a from-scratch computation gives
     lo = a - dt.timedelta(days=29)
-    fresh_p = behaviour.daily_partials(bronze, lo, b, behaviour.BehaviourParams.from_settings(module_settings))
+    fresh_p = partials.daily_partials(bronze, lo, b, partials.BehaviourParams.from_settings(module_settings))
     stored_p = spark.read.format("delta").load(module_settings.table("silver.user_daily")).where(
         F.col("event_date").between(lo, b))
     cols = stored_p.columns
@@ -227,7 +227,7 @@ def test_daily_refresh_staleness_from_delta_statistics(spark, module_settings, l
     assert behaviour.run_build(spark, module_settings, D)["partial_days_recomputed"] == 1
     monkeypatch.undo()
     bronze = spark.read.format("delta").load(bronze_path)
-    fresh = behaviour.behaviour_features(bronze, D, D, behaviour.BehaviourParams.from_settings(module_settings))
+    fresh = rollup.behaviour_features(bronze, D, D, partials.BehaviourParams.from_settings(module_settings))
     table = spark.read.format("delta").load(module_settings.table("silver.user_behaviour")).where(
         F.col("as_of_date") == F.lit(D))
 

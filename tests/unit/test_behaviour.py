@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.silver import behaviour
-from spark_jobs.silver.behaviour import BehaviourParams
+from spark_jobs.silver import behaviour, rollup
+from spark_jobs.silver.partials import BehaviourParams
 from spark_jobs.schemas import EVENTS, USER_BEHAVIOUR, USER_SEQUENCES
 from spark_jobs.silver.sequences import user_sequences
 
@@ -79,13 +79,13 @@ def frame(spark):
 
 @pytest.fixture(scope="module")
 def rows(frame):
-    out = behaviour.behaviour_features(frame, days_before(30), D + dt.timedelta(days=1), PARAMS, partitions=2)
+    out = rollup.behaviour_features(frame, days_before(30), D + dt.timedelta(days=1), PARAMS, partitions=2)
     assert out.schema == USER_BEHAVIOUR or [f.name for f in out.schema] == USER_BEHAVIOUR.fieldNames()
     return {(r["user_id"], r["as_of_date"]): r.asDict() for r in out.collect()}
 
 
 def test_schema_is_the_contract(frame):
-    out = behaviour.behaviour_features(frame, D, D, PARAMS)
+    out = rollup.behaviour_features(frame, D, D, PARAMS)
     assert [(f.name, f.dataType) for f in out.schema] == [(f.name, f.dataType) for f in USER_BEHAVIOUR]
 
 
@@ -152,7 +152,7 @@ def test_distinct_counts_at_the_thirty_day_edge(spark):
     day0 = dt.date(2024, 1, 1)
     rows = [ev("u", at(day0, 1), item="i"), ev("u", at(day0 + dt.timedelta(days=30), 1), item="i"),
             ev("u", at(day0 + dt.timedelta(days=29), 1), item="j")]
-    out = behaviour.behaviour_features(spark.createDataFrame(rows, EVENTS), day0, day0 + dt.timedelta(days=60), PARAMS)
+    out = rollup.behaviour_features(spark.createDataFrame(rows, EVENTS), day0, day0 + dt.timedelta(days=60), PARAMS)
     got = {r["as_of_date"]: r["distinct_items_30d"] for r in out.collect()}
     assert got[day0] == 1 and got[day0 + dt.timedelta(days=29)] == 2 and got[day0 + dt.timedelta(days=30)] == 2
     assert got[day0 + dt.timedelta(days=58)] == 2  # j (day 29) is in windows up to day 58
