@@ -1,5 +1,5 @@
 """`persona build` and `persona backfill`: bronze.events -> silver.user_behaviour and
-silver.user_sequences (see spark_jobs/behaviour.py and docs/features.md)."""
+silver.user_sequences (see spark_jobs/silver/ and docs/features.md)."""
 
 from __future__ import annotations
 

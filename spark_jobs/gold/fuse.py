@@ -79,7 +79,7 @@ def resolve_as_of(requested, available: list[dt.date], what: str) -> dt.date:
 
 
 def read_inputs(spark: SparkSession, settings) -> tuple[DataFrame, DataFrame]:
-    behaviour = delta_io.read(spark, settings.table(BEHAVIOUR_TABLE), f"{BEHAVIOUR_TABLE}: run `persona behaviour`")
+    behaviour = delta_io.read(spark, settings.table(BEHAVIOUR_TABLE), f"{BEHAVIOUR_TABLE}: run `persona build` or `persona backfill` first")
     embeddings = delta_io.read(spark, settings.table(EMBEDDINGS_TABLE), f"{EMBEDDINGS_TABLE}: run `persona embed`")
     return behaviour, embeddings
 

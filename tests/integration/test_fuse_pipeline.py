@@ -275,7 +275,7 @@ def test_cli_in_process(spark, built, tmp_path):
 
 
 def test_clear_errors_for_missing_inputs_and_days(spark, built, settings):
-    with pytest.raises(NotBuiltError, match="persona behaviour"):
+    with pytest.raises(NotBuiltError, match="persona build"):
         fuse.run_fuse(spark, settings)
     with pytest.raises(InputError, match="available: 2024-03-10 .. 2024-03-11"):
         fuse.run_fuse(spark, built["settings"], as_of="2024-05-01")
