@@ -132,7 +132,8 @@ def _stage_show(ctx: DemoContext) -> str:
 
     out.rule(f"online profile of user {user} (Feast, {ctx.settings.feast.online_store})")
     row = get_online(ctx.settings, [user], service="ranking_light_v1")[0]
-    out.print_json(json.dumps(row, default=str))
+    # Sorted keys: Feast's response order varies between processes; the demo's must not.
+    out.print_json(json.dumps(row, default=str, sort_keys=True))
 
     out.rule("training set (point in time, Feast Spark offline store)")
     users = [r[0] for r in profiles.where(F.col("as_of_date") == F.lit(end)).orderBy("user_id").select("user_id").limit(3).collect()]
@@ -148,6 +149,8 @@ def _stage_show(ctx: DemoContext) -> str:
     engine = embedded_engine(ctx.settings)
     res = run_view(engine, "segment_summary", limit=8)
     frame = pd.DataFrame(res.rows, columns=res.columns)
+    if {"as_of_date", "segment_id"} <= set(frame.columns):  # a view has no order of its own
+        frame = frame.sort_values(["as_of_date", "segment_id"], ascending=[False, True])
     keep = [c for c in ("segment_id", "as_of_date", "users", "user_share", "avg_views_30d", "avg_spend_30d",
                         "top_category_1") if c in frame.columns]
     out.print(frame[keep or frame.columns].to_string(index=False, max_colwidth=24))
