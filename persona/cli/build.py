@@ -49,7 +49,7 @@ def build(
     Reads only the 30 event_date partitions the day's windows need; re-running it
     leaves identical rows.
     """
-    from spark_jobs.silver.behaviour import run_build
+    from spark_jobs.silver.behaviour import run_build  # deferred: pyspark, kept out of `persona --help`
 
     day = parse_date(as_of, "--as-of")
     with stage(f"build as of {day or 'latest complete day'}"):
@@ -71,7 +71,7 @@ def backfill(
     Resumable: days already built and still current are skipped unless --force;
     a day whose 30-day window received late data since it was built is recomputed.
     """
-    from spark_jobs.silver.behaviour import run_backfill
+    from spark_jobs.silver.behaviour import run_backfill  # deferred: pyspark, kept out of `persona --help`
 
     a, b = parse_date(start, "--start"), parse_date(end, "--end")
     if b < a:

@@ -21,7 +21,7 @@ def ingest(
 
     Idempotent: ingesting the same file again adds nothing.
     """
-    from spark_jobs.bronze.ingest import preflight, run_ingest
+    from spark_jobs.bronze.ingest import preflight, run_ingest  # deferred: pyspark, kept out of `persona --help`
 
     preflight(path, format)  # bad paths and wrong formats fail before a Spark session starts
     with stage(f"ingest {path} ({format})"):

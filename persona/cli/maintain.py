@@ -16,7 +16,7 @@ from persona.progress import console, out, stage
 
 def _forget_plan(s, n_users: int) -> str:
     """What forget will do, and which retention policies it overrides (the confirmation)."""
-    from spark_jobs.schemas import TABLES
+    from spark_jobs.schemas import TABLES  # deferred: pyspark, kept out of `persona --help`
 
     m = s.maintenance
     f = s.feast
@@ -98,7 +98,7 @@ def maintain(
     maintenance.snapshot_retention_days (0 keeps all). Safe to run while nothing writes to
     the tables; time travel to versions older than the retention window ends.
     """
-    from spark_jobs.ops.maintain import run_maintain
+    from spark_jobs.ops.maintain import run_maintain  # deferred: pyspark, kept out of `persona --help`
 
     s = settings()
     m = s.maintenance

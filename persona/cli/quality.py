@@ -32,7 +32,7 @@ def quality(
     The same gate `persona build` / `backfill` run before writing (bounds in the
     `behaviour` config section; `behaviour.fail_on_quality` makes builds stop on a flag).
     """
-    from spark_jobs.silver.quality import EXPECTED_FIELDS, DataQualityError, check
+    from spark_jobs.silver.quality import EXPECTED_FIELDS, DataQualityError, check  # deferred: pyspark, kept out of `persona --help`
 
     a = parse_date(start, "--start")
     b = parse_date(end, "--end") if end else a

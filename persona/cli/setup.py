@@ -8,6 +8,7 @@ import typer
 import yaml
 
 from persona.cli.app import app, settings
+from spark_jobs.jars import resolve
 
 
 def settings_dict(s) -> dict:
@@ -33,7 +34,5 @@ def show_config(
 @app.command("fetch-jars")
 def fetch_jars() -> None:
     """Resolve the Delta Lake jars from Maven Central into the local cache (install time only)."""
-    from spark_jobs.jars import resolve
-
     for jar in resolve(settings().spark.jars_dir or None, quiet=True):
         typer.echo(str(jar))
